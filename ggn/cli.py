@@ -1,0 +1,64 @@
+"""`ggn <step>`: one command per pipeline stage, each importable and runnable without Snakemake."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ggn.io import setup_logging
+
+# step name -> (module implementing `add_arguments(parser)` and `run(args)`, one-line help).
+# Modules are imported only for the step that runs, so `ggn --help` stays fast.
+STEPS: dict[str, tuple[str, str]] = {
+    "synth": ("ggn.synth", "generate the bundled synthetic open-world dataset (COCO format)"),
+    "split": ("ggn.split", "keep seen-class annotations for training, mark seen/unseen for evaluation"),
+    "evaluate": ("ggn.evaluate", "cross-category average recall (AR@k) on unseen classes"),
+    "train-pa": ("ggn.pa.train", "train the pairwise-affinity network"),
+    "eval-pa": ("ggn.pa.evaluate", "affinity BCE/L1 and boundary precision/recall on held-out images"),
+    "extract": ("ggn.extract", "PA network + grouping + ranking on one shard of images -> parquet"),
+    "merge": ("ggn.merge", "gather extraction shards into pseudo-GT (COCO JSON and per-image parquet store)"),
+    "train-detector": ("ggn.detector.train", "train the class-agnostic Mask R-CNN / OLN detector"),
+    "predict": ("ggn.detector.predict", "detections on evaluation images (COCO results JSON)"),
+    "table": ("ggn.table", "gather metrics of all experiments into results/table.{csv,md}"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ggn", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="step", metavar="STEP")
+    for name, (_, help_text) in STEPS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    # Split off the step so that only its module is imported and parses the rest.
+    verbose = False
+    while argv and argv[0] in ("-v", "--verbose"):
+        verbose = True
+        argv.pop(0)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STEPS:
+        if argv and argv[0] not in ("-h", "--help"):
+            top.error(f"unknown step {argv[0]!r}; choose one of: {', '.join(STEPS)}")
+        top.print_help()
+        return 0 if argv else 2
+    step, rest = argv[0], argv[1:]
+    module_name, help_text = STEPS[step]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"ggn {step}", description=(module.__doc__ or help_text).strip(),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    setup_logging(verbose or args.verbose)
+    result = module.run(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

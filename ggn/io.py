@@ -1,0 +1,143 @@
+"""File helpers shared by every stage: atomic writes, safe loading, logging, seeds."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("ggn")
+
+
+class InputError(SystemExit):
+    """Bad user input: the message names the file or field and what to do about it."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _atomic_open(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return fd, Path(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = _atomic_open(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, default=_json_default))
+
+
+def _json_default(o: Any):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, bytes):
+        return o.decode("ascii")
+    raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist; check the path (or run the stage that makes it)")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{what} {path} is not valid JSON ({e}); regenerate or fix it") from None
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"YAML file {path} does not exist")
+    with open(path) as f:
+        try:
+            return yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise InputError(f"{path} is not valid YAML: {e}") from None
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through a temporary file and rename, so a killed job never leaves a torn checkpoint."""
+    import torch
+
+    path = Path(path)
+    fd, tmp = _atomic_open(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint with weights_only=True: tensors and plain values only, never pickled code."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist; train it first or fix the path")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or unsafe files
+        raise InputError(f"cannot load checkpoint {path} with weights_only=True: {e}") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+
+
+def pick_device(name: str = "auto"):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,1 @@
+"""Grouping: pairwise affinity -> hierarchy of segments -> ranked candidate masks."""
