@@ -1,0 +1,137 @@
+"""Detector training data: seen-class ground truth plus (for the `ggn` variant) pseudo-GT, with flip augmentation."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ggn.coco_data import CocoInstances, masks_to_boxes
+from ggn.io import InputError, read_json
+from ggn.masks import ann_to_mask
+
+log = logging.getLogger(__name__)
+
+Target = dict[str, Any]
+
+
+class RandomHorizontalFlip:
+    """Flip image, masks and boxes together with probability `p`."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        if random.random() >= self.p:
+            return image, target
+        width = image.shape[-1]
+        target = dict(target)
+        target["masks"] = target["masks"].flip(-1)
+        boxes = target["boxes"].clone()
+        boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+        target["boxes"] = boxes
+        return image.flip(-1), target
+
+
+def drop_crowd(target: Target) -> Target:
+    """Crowd regions are neither positives nor background for torchvision's samplers; dropping them keeps
+    them from being learned as objects (their pixels may then be sampled as background, as in torchvision's
+    own COCO recipe)."""
+    keep = ~target["iscrowd"]
+    out = dict(target)
+    for key in ("masks", "boxes", "labels", "iscrowd"):
+        out[key] = target[key][keep]
+    return out
+
+
+class DetectorDataset(torch.utils.data.Dataset):
+    """(float image [3,H,W] in [0,1], target) for torchvision detection models.
+
+    `pseudo_store` (an object with `annotations_for(image_id) -> list[dict]`, e.g. ggn.merge.PseudoStore)
+    adds pseudo-GT masks per image lazily, so huge pseudo-GT sets never sit in memory whole.
+    """
+
+    def __init__(self, base: CocoInstances, pseudo_store: Any | None = None,
+                 transform: Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]] | None = None):
+        self.base = base
+        self.pseudo_store = pseudo_store
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, target = self.base[index]
+        if self.pseudo_store is not None:
+            target = self._add_pseudo(target, image.shape[1], image.shape[2])
+        target = drop_crowd(target)
+        image = image.float().div_(255)
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+    def _add_pseudo(self, target: Target, height: int, width: int) -> Target:
+        masks = []
+        for ann in self.pseudo_store.annotations_for(target["image_id"]):
+            m = ann_to_mask(ann["segmentation"], int(ann.get("height", height)), int(ann.get("width", width)))
+            if m.shape == (height, width) and m.any():
+                masks.append(m)
+        if not masks:
+            return target
+        extra = torch.from_numpy(np.stack(masks))
+        out = dict(target)
+        out["masks"] = torch.cat([target["masks"], extra])
+        out["boxes"] = torch.cat([target["boxes"], masks_to_boxes(extra)])
+        out["labels"] = torch.ones(len(out["masks"]), dtype=torch.int64)
+        out["iscrowd"] = torch.cat([target["iscrowd"], torch.zeros(len(masks), dtype=torch.bool)])
+        return out
+
+
+def read_pseudo_gt(path: str | Path, train_image_ids: set[int]) -> list[dict]:
+    """Annotations of a pseudo_gt.json, keeping those on training images (others are counted and logged)."""
+    coco = read_json(path, "pseudo-GT file")
+    anns = coco.get("annotations") if isinstance(coco, dict) else None
+    if not isinstance(anns, list):
+        raise InputError(f"{path} has no 'annotations' list; it should be the pseudo_gt.json of `ggn merge`")
+    kept = [a for a in anns if a.get("image_id") in train_image_ids]
+    if len(kept) < len(anns):
+        log.warning("%d of %d pseudo-GT annotations in %s are on images not in the training set; skipped",
+                    len(anns) - len(kept), len(anns), path)
+    for a in kept:
+        if "segmentation" not in a:
+            raise InputError(f"pseudo-GT annotation {a.get('id')} in {path} has no 'segmentation'")
+        a["iscrowd"] = 0  # pseudo-GT is never crowd, whatever the file says
+    return kept
+
+
+def build_training_dataset(train_json: str | Path, images: str | Path, variant: str = "baseline",
+                           pseudo_gt: str | Path | None = None, pseudo_store: str | Path | Any | None = None,
+                           flip: float = 0.5, max_images: int | None = None) -> DetectorDataset:
+    """Seen-class GT for `baseline`; GT + pseudo-GT (from pseudo_gt.json or a per-image store) for `ggn`."""
+    if variant not in ("baseline", "ggn"):
+        raise InputError(f"unknown --variant {variant!r}; choose 'baseline' or 'ggn'")
+    if variant == "ggn" and pseudo_gt is None and pseudo_store is None:
+        raise InputError("--variant ggn needs pseudo-GT: pass --pseudo-gt pseudo_gt.json or --pseudo-store DIR "
+                         "(outputs of `ggn merge`)")
+    if variant == "baseline" and (pseudo_gt is not None or pseudo_store is not None):
+        log.warning("--variant baseline ignores the pseudo-GT given")
+        pseudo_gt = pseudo_store = None
+    base = CocoInstances(train_json, images)
+    if max_images is not None:
+        base.ids = base.ids[:max_images]
+    store = None
+    if pseudo_gt is not None:
+        base = CocoInstances(train_json, images, extra_annotations=read_pseudo_gt(pseudo_gt, set(base.images)),
+                             image_ids=base.ids)
+    elif pseudo_store is not None:
+        if isinstance(pseudo_store, (str, Path)):
+            from ggn.merge import PseudoStore
+
+            store = PseudoStore(pseudo_store)
+        else:
+            store = pseudo_store
+    transform = RandomHorizontalFlip(flip) if flip > 0 else None
+    return DetectorDataset(base, pseudo_store=store, transform=transform)

@@ -1,0 +1,230 @@
+"""Train the class-agnostic Mask R-CNN / OLN detector on seen-class GT (baseline) or GT + pseudo-GT (ggn)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ggn.coco_data import collate
+from ggn.detector.data import build_training_dataset
+from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained
+from ggn.dist import barrier, cleanup, init_distributed, is_main_process, unwrap
+from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything
+
+log = logging.getLogger(__name__)
+
+# Training flags that become part of the model config (the rest only shape the optimisation).
+MODEL_FLAGS = ("kind", "backbone", "fpn_channels", "representation_size", "mask_channels", "anchor_sizes",
+               "min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
+               "rpn_batch_size_per_image", "box_batch_size_per_image")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = DEFAULT_CONFIG
+    p.add_argument("--train-json", required=True, help="COCO training annotations (seen classes, train.json)")
+    p.add_argument("--images", required=True, help="image folder (joined with each image's file_name)")
+    p.add_argument("--out", required=True, help="final checkpoint; per-epoch ones go to OUT_DIR/epochs/")
+    p.add_argument("--variant", choices=("baseline", "ggn"), default="baseline",
+                   help="baseline: seen-class GT only; ggn: GT + pseudo-GT")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--pseudo-gt", help="pseudo_gt.json of `ggn merge` (for --variant ggn)")
+    src.add_argument("--pseudo-store", help="per-image pseudo-GT parquet store of `ggn merge` (huge sets)")
+    p.add_argument("--kind", choices=("maskrcnn", "oln"), default=d["kind"])
+    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50", "resnet101"), default=d["backbone"])
+    p.add_argument("--pretrained", help="local weights file: ResNet state dict or a full detector checkpoint")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (paper: 0.02 for 16 images/batch)")
+    p.add_argument("--lr-steps", type=int, nargs="*", default=[6, 7], help="epochs after which lr drops 10x")
+    p.add_argument("--warmup-iters", type=int, default=500, help="linear warm-up from 0.001*lr")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=2, help="images per process and step")
+    p.add_argument("--min-size", type=int, default=d["min_size"], help="shorter image side after resizing")
+    p.add_argument("--max-size", type=int, default=d["max_size"], help="cap on the longer side")
+    p.add_argument("--fpn-channels", type=int, default=d["fpn_channels"])
+    p.add_argument("--representation-size", type=int, default=d["representation_size"], help="box-head MLP width")
+    p.add_argument("--mask-channels", type=int, default=d["mask_channels"], help="mask-head conv width")
+    p.add_argument("--anchor-sizes", type=int, nargs=5, default=d["anchor_sizes"], help="one per FPN level")
+    p.add_argument("--rpn-pre-nms-top-n-train", type=int, default=d["rpn_pre_nms_top_n_train"])
+    p.add_argument("--rpn-post-nms-top-n-train", type=int, default=d["rpn_post_nms_top_n_train"])
+    p.add_argument("--rpn-batch-size-per-image", type=int, default=d["rpn_batch_size_per_image"])
+    p.add_argument("--box-batch-size-per-image", type=int, default=d["box_batch_size_per_image"])
+    p.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability")
+    p.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0: off)")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on GPU)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-images", type=int, help="train on the first N images only (smoke tests)")
+    p.add_argument("--log-every", type=int, default=20, help="iterations between loss-log lines")
+
+
+class WarmupMultiStep:
+    """lr factor per iteration: linear warm-up from `warmup_ratio`, then x0.1 after each step epoch."""
+
+    def __init__(self, iters_per_epoch: int, steps: list[int], warmup_iters: int, warmup_ratio: float = 0.001):
+        self.iters_per_epoch = iters_per_epoch
+        self.steps = list(steps)
+        self.warmup_iters = warmup_iters
+        self.warmup_ratio = warmup_ratio
+
+    def __call__(self, it: int) -> float:
+        epoch = it // max(1, self.iters_per_epoch)
+        factor = 0.1 ** sum(epoch >= s for s in self.steps)
+        if it < self.warmup_iters:
+            alpha = it / self.warmup_iters
+            factor *= self.warmup_ratio * (1 - alpha) + alpha
+        return factor
+
+
+def model_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in MODEL_FLAGS} | {
+        k: DEFAULT_CONFIG[k] for k in DEFAULT_CONFIG if k not in MODEL_FLAGS}
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+def latest_epoch_checkpoint(epoch_dir: Path) -> Path | None:
+    found = sorted(epoch_dir.glob("epoch_*.pt"))
+    return found[-1] if found else None
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, rank, world = init_distributed(args.device)
+    seed_everything(args.seed + rank)
+    dataset = build_training_dataset(args.train_json, args.images, args.variant, args.pseudo_gt,
+                                     args.pseudo_store, flip=args.flip, max_images=args.max_images)
+    if len(dataset) == 0:
+        raise InputError(f"{args.train_json} has no images to train on")
+    config = model_config(args)
+    model = build_detector(config).to(device)
+    if args.pretrained:
+        loaded, skipped = load_pretrained(model, args.pretrained)
+        log.info("loaded %d tensors from %s (%d did not fit)", loaded, args.pretrained, skipped)
+
+    use_amp = device.type == "cuda" and args.amp != "off" if args.amp != "on" else True
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True)
+        iters_per_epoch = len(sampler) // args.batch_size
+    else:
+        sampler = None
+        iters_per_epoch = len(dataset) // args.batch_size
+    if iters_per_epoch == 0:
+        raise InputError(f"--batch-size {args.batch_size} is larger than the {len(dataset)} training images "
+                         f"per process; lower it")
+    schedule = WarmupMultiStep(iters_per_epoch, args.lr_steps, args.warmup_iters)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    epoch_dir = out.parent / "epochs"
+    log_path = out.parent / "train_log.jsonl"
+    start_epoch = 0
+    resume = latest_epoch_checkpoint(epoch_dir)
+    if resume is not None:
+        state = load_checkpoint(resume)
+        if state.get("config") != config:
+            raise InputError(f"{resume} was written with another model config; delete {epoch_dir} to start over "
+                             "or train with the same flags")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        log.info("resuming from %s at epoch %d", resume, start_epoch + 1)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            loader_kwargs = {"sampler": sampler}
+        else:
+            # Seeded per epoch so that a resumed run sees the same order as an uninterrupted one.
+            gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+            loader_kwargs = {"shuffle": True, "generator": gen}
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, drop_last=True,
+                                             num_workers=args.workers, collate_fn=collate,
+                                             persistent_workers=False, **loader_kwargs)
+        sums: dict[str, float] = {}
+        t0 = time.time()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main_process(), dynamic_ncols=True)
+        for i, (images, targets) in enumerate(bar):
+            images = [im.to(device, non_blocking=True) for im in images]
+            targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                losses = model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite loss {float(loss)} at epoch {epoch + 1} iteration {i} "
+                                   f"({ {k: float(v) for k, v in losses.items()} }); lower --lr or raise --warmup-iters")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if args.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            values = {k: float(v) for k, v in losses.items()} | {"loss": float(loss)}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
+            if is_main_process() and (i % args.log_every == 0):
+                _append_jsonl(log_path, {"epoch": epoch + 1, "iter": i, "lr": optimizer.param_groups[0]["lr"],
+                                         **values})
+        n = max(1, iters_per_epoch)
+        summary = {"epoch": epoch + 1, "mean": {k: v / n for k, v in sums.items()},
+                   "seconds": round(time.time() - t0, 1), "images_per_s": round(n * args.batch_size * world / max(1e-9, time.time() - t0), 3)}
+        if is_main_process():
+            _append_jsonl(log_path, summary)
+            log.info("epoch %d: mean loss %.4f (%.1f s)", epoch + 1, summary["mean"].get("loss", math.nan),
+                     summary["seconds"])
+            path = epoch_dir / f"epoch_{epoch:03d}.pt"
+            atomic_torch_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                               "epoch": epoch, "rng": rng_state(), "config": config}, path)
+            for old in epoch_dir.glob("epoch_*.pt"):  # one resumable state is enough; they are large
+                if old != path:
+                    old.unlink(missing_ok=True)
+        barrier()
+
+    if is_main_process():
+        train_info = {k: v for k, v in vars(args).items() if k not in MODEL_FLAGS and isinstance(v, (int, float, str, list, type(None)))}
+        atomic_torch_save({"model": unwrap(model).state_dict(), "config": config | {"training": train_info}}, out)
+        log.info("detector written to %s (loss log %s)", out, log_path)
+    cleanup()
+    return 0
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")

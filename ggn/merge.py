@@ -1,0 +1,412 @@
+"""`ggn merge`: gather extraction shards into pseudo-GT (COCO JSON and/or a per-image parquet store).
+
+Kept candidates: ``gt_iou < --gt-iou-max`` (null gt_iou, i.e. no ground truth known, counts as kept),
+``score >= --min-score`` when given, then per image the best ``--top-k`` of what remains, by rank.
+Shards are streamed batch by batch; this relies on the extraction contract that every image lives in
+one shard and its rows are contiguous there (checked: a repeated image is an error), so memory does not
+grow with the number of shards. Annotation ids count from 1 in the order the shards are given.
+
+The parquet store (``--store DIR``, for ImageNet-sized sets) hashes images into ``DIR/part=KKK/data.parquet``
+by ``image_id % num_partitions``; rows of each file are sorted by image id and written in small row groups
+whose min/max statistics let ``PseudoStore.annotations_for`` read one image's rows without the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ggn.extract import SHARD_SCHEMA
+from ggn.io import InputError, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+STORE_SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False)] + list(SHARD_SCHEMA))
+NUM_PARTITIONS = 256
+# About 1.28M images x 3 kept / 256 files = 15k rows per file; 256-row groups make one image's read
+# touch ~100 kB instead of the whole file, with ~60 groups of statistics to scan.
+ROW_GROUP_ROWS = 256
+# Rows buffered per partition before they are spilled to disk while merging (memory stays bounded).
+SPILL_ROWS = 2048
+CATEGORIES = [{"id": 1, "name": "object"}]
+
+
+@dataclass
+class MergeCounts:
+    candidates_read: int = 0
+    removed_by_gt_iou: int = 0
+    removed_by_score: int = 0
+    removed_by_top_k: int = 0
+    kept: int = 0
+    images_with_pseudo_gt: int = 0
+    images_in_shards: int = 0
+
+
+def row_to_annotation(row: dict) -> dict:
+    """One kept candidate (a shard/store row as a dict) -> COCO annotation, as in pseudo_gt.json."""
+    gt_iou = row["gt_iou"]
+    return {
+        "id": int(row["id"]), "image_id": int(row["image_id"]), "category_id": 1,
+        "segmentation": {"size": [int(row["height"]), int(row["width"])], "counts": row["rle"]},
+        "bbox": [float(v) for v in row["bbox"]], "area": float(row["area"]), "iscrowd": 0,
+        "score": round(float(row["score"]), 6),
+        "gt_iou": None if gt_iou is None else round(float(gt_iou), 6),
+    }
+
+
+def _open_shard(path: Path) -> pq.ParquetFile:
+    if not path.is_file():
+        raise InputError(f"shard {path} does not exist; run `ggn extract` for it first")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise InputError(f"shard {path} is not a readable parquet file ({e}); extract it again") from None
+    missing = [n for n in SHARD_SCHEMA.names if n not in pf.schema_arrow.names]
+    if missing:
+        raise InputError(f"shard {path} lacks columns {missing}; it was not written by `ggn extract`")
+    return pf
+
+
+def _top_k_per_image(table: pa.Table, top_k: int) -> pa.Table:
+    """The best `top_k` rows by rank of each image; images are contiguous runs in `table`."""
+    if table.num_rows == 0:
+        return table
+    ids = table["image_id"].to_numpy()
+    ranks = table["rank"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    group = np.cumsum(np.r_[True, ids[1:] != ids[:-1]]) - 1
+    order = np.lexsort((ranks, group))
+    position = np.arange(len(ids)) - starts[group[order]]
+    return table.take(pa.array(order[position < top_k]))
+
+
+def iter_kept(shards: list[Path], known_ids: np.ndarray, top_k: int, gt_iou_max: float | None,
+              min_score: float | None, counts: MergeCounts, batch_rows: int = 65536) -> Iterator[pa.Table]:
+    """Tables of kept rows, each holding every kept row of the images it contains, in shard order.
+
+    `known_ids` (sorted) are the training images; a shard image outside them, or an image met twice
+    (two shards, or non-contiguous rows), is an error naming the shard.
+    """
+    seen = np.zeros(len(known_ids), dtype=bool)
+    for path in shards:
+        pf = _open_shard(path)
+        carry: pa.Table | None = None
+        last_id: int | None = None
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=SHARD_SCHEMA.names):
+            table = pa.Table.from_batches([batch]).cast(SHARD_SCHEMA)
+            n = table.num_rows
+            if n == 0:
+                continue
+            counts.candidates_read += n
+            ids = table["image_id"].to_numpy()
+            run_ids = ids[np.r_[True, ids[1:] != ids[:-1]]]
+            if last_id is not None and run_ids[0] == last_id:  # the image continues from the last batch
+                run_ids = run_ids[1:]
+            last_id = int(ids[-1])
+            _mark_seen(run_ids, known_ids, seen, path)
+            counts.images_in_shards += len(run_ids)
+
+            gt_iou = table["gt_iou"]
+            ok = pc.fill_null(pc.less(gt_iou, gt_iou_max), True) if gt_iou_max is not None else None
+            if ok is not None:
+                kept_gt = pc.sum(ok).as_py() or 0
+                counts.removed_by_gt_iou += n - kept_gt
+            else:
+                kept_gt = n
+            if min_score is not None:
+                score_ok = pc.greater_equal(table["score"], min_score)
+                both = pc.and_(ok, score_ok) if ok is not None else score_ok
+                counts.removed_by_score += kept_gt - (pc.sum(both).as_py() or 0)
+                ok = both
+            if ok is not None:
+                table = table.filter(ok)
+            if carry is not None:
+                table = pa.concat_tables([carry, table])
+                carry = None
+            if table.num_rows == 0:
+                continue
+            # The last image may go on in the next batch: hold its rows back until its run ends.
+            kept_ids = table["image_id"].to_numpy()
+            cut = len(kept_ids)
+            while cut > 0 and kept_ids[cut - 1] == last_id:
+                cut -= 1
+            carry = table.slice(cut)
+            if cut:
+                yield _finish(table.slice(0, cut), top_k, counts)
+        if carry is not None and carry.num_rows:
+            yield _finish(carry, top_k, counts)
+
+
+def _mark_seen(run_ids: np.ndarray, known_ids: np.ndarray, seen: np.ndarray, path: Path) -> None:
+    if len(run_ids) == 0:
+        return
+    idx = np.searchsorted(known_ids, run_ids)
+    idx_clipped = np.minimum(idx, len(known_ids) - 1)
+    unknown = (idx >= len(known_ids)) | (known_ids[idx_clipped] != run_ids) if len(known_ids) else np.ones(len(run_ids), bool)
+    if unknown.any():
+        raise InputError(f"shard {path} has image {int(run_ids[unknown][0])}, which is not in --annotations; "
+                         "merge shards extracted from the same annotation file")
+    if seen[idx].any() or len(np.unique(idx)) != len(idx):
+        dup = next(int(i) for i in run_ids if seen[np.searchsorted(known_ids, i)] or (run_ids == i).sum() > 1)
+        raise InputError(f"image {dup} appears twice (again in shard {path}): shards overlap or were made "
+                         "with different --num-shards; extract them again with the same settings")
+    seen[idx] = True
+
+
+def _finish(table: pa.Table, top_k: int, counts: MergeCounts) -> pa.Table:
+    kept = _top_k_per_image(table, top_k)
+    counts.removed_by_top_k += table.num_rows - kept.num_rows
+    counts.kept += kept.num_rows
+    if kept.num_rows:
+        ids = kept["image_id"].to_numpy()
+        counts.images_with_pseudo_gt += int(np.count_nonzero(np.r_[True, ids[1:] != ids[:-1]]))
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs
+
+
+@contextlib.contextmanager
+def _atomic_text(path: Path):
+    """A text file written under a temporary name and renamed into place only when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class StoreWriter:
+    """Builds the per-image parquet store in a temporary folder; `close()` moves it into place."""
+
+    def __init__(self, path: Path, num_partitions: int = NUM_PARTITIONS):
+        self.path = Path(path)
+        self.num_partitions = num_partitions
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        self.spill_dir = self.tmp / "spill"
+        self.spill_dir.mkdir()
+        self.buffers: dict[int, list[pa.Table]] = {}
+        self.buffered: dict[int, int] = {}
+        self.writers: dict[int, pq.ParquetWriter] = {}
+
+    def add(self, table: pa.Table) -> None:
+        buckets = pc.remainder(table["image_id"], self.num_partitions).to_numpy()
+        for k in np.unique(buckets):
+            k = int(k)
+            self.buffers.setdefault(k, []).append(table.filter(pa.array(buckets == k)))
+            self.buffered[k] = self.buffered.get(k, 0) + int(np.count_nonzero(buckets == k))
+            if self.buffered[k] >= SPILL_ROWS:
+                self._spill(k)
+
+    def _spill(self, k: int) -> None:
+        if not self.buffers.get(k):
+            return
+        if k not in self.writers:
+            self.writers[k] = pq.ParquetWriter(self.spill_dir / f"{k:03d}.parquet", STORE_SCHEMA)
+        self.writers[k].write_table(pa.concat_tables(self.buffers.pop(k)))
+        self.buffered[k] = 0
+
+    def close(self) -> dict:
+        for k in list(self.buffers):
+            self._spill(k)
+        for w in self.writers.values():
+            w.close()
+        rows = images = 0
+        for k in sorted(self.writers):
+            table = pq.read_table(self.spill_dir / f"{k:03d}.parquet").sort_by([("image_id", "ascending"),
+                                                                                ("rank", "ascending")])
+            rows += table.num_rows
+            images += len(pc.unique(table["image_id"]))
+            out = self.tmp / f"part={k:03d}" / "data.parquet"
+            out.parent.mkdir()
+            pq.write_table(table, out, row_group_size=ROW_GROUP_ROWS, write_statistics=True)
+        shutil.rmtree(self.spill_dir)
+        manifest = {"format": "ggn-pseudo-store", "version": 1, "num_partitions": self.num_partitions,
+                    "partition": "image_id % num_partitions -> part=KKK/data.parquet",
+                    "num_annotations": rows, "num_images": images}
+        atomic_write_json(self.tmp / "manifest.json", manifest, indent=2)
+        # Swap the finished folder into place; an older store is only removed once the new one is there.
+        old = None
+        if self.path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old", dir=self.path.parent))
+            os.replace(self.path, old / "store")
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            with contextlib.suppress(Exception):
+                w.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class PseudoStore:
+    """Read side of the parquet store: one image's pseudo-GT annotations without loading the rest."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        manifest = read_json(self.path / "manifest.json", "pseudo-GT store manifest")
+        if manifest.get("format") != "ggn-pseudo-store":
+            raise InputError(f"{self.path} is not a pseudo-GT store written by `ggn merge --store`")
+        self.num_partitions = int(manifest["num_partitions"])
+        self.manifest = manifest
+        self._index: dict[int, tuple[pq.FileMetaData, np.ndarray, np.ndarray] | None] = {}
+
+    def _partition_file(self, k: int) -> Path:
+        return self.path / f"part={k:03d}" / "data.parquet"
+
+    def _partition(self, k: int):
+        """Cached footer and per-row-group image id ranges of partition k (None when it is empty)."""
+        if k not in self._index:
+            path = self._partition_file(k)
+            if not path.is_file():
+                self._index[k] = None
+            else:
+                meta = pq.read_metadata(path)
+                col = meta.schema.to_arrow_schema().get_field_index("image_id")
+                lo = np.empty(meta.num_row_groups, dtype=np.int64)
+                hi = np.empty(meta.num_row_groups, dtype=np.int64)
+                for g in range(meta.num_row_groups):
+                    stats = meta.row_group(g).column(col).statistics
+                    lo[g], hi[g] = stats.min, stats.max
+                self._index[k] = (meta, lo, hi)
+        return self._index[k]
+
+    def annotations_for(self, image_id: int) -> list[dict]:
+        """The image's kept candidates as COCO annotation dicts (as in pseudo_gt.json), best first."""
+        image_id = int(image_id)
+        part = self._partition(image_id % self.num_partitions)
+        if part is None:
+            return []
+        meta, lo, hi = part
+        groups = np.flatnonzero((lo <= image_id) & (hi >= image_id)).tolist()
+        if not groups:
+            return []
+        pf = pq.ParquetFile(self._partition_file(image_id % self.num_partitions), metadata=meta)
+        table = pf.read_row_groups(groups)
+        table = table.filter(pc.equal(table["image_id"], image_id)).sort_by("rank")
+        return [row_to_annotation(r) for r in table.to_pylist()]
+
+    def image_ids(self) -> list[int]:
+        """Sorted ids of every image that has pseudo-GT in the store."""
+        ids = [pq.read_table(self._partition_file(k), columns=["image_id"])["image_id"].to_numpy()
+               for k in range(self.num_partitions) if self._partition_file(k).is_file()]
+        return np.unique(np.concatenate(ids)).tolist() if ids else []
+
+
+def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike, out: str | os.PathLike | None,
+                 store: str | os.PathLike | None = None, top_k: int = 3, gt_iou_max: float | None = 0.5,
+                 min_score: float | None = None, num_partitions: int = NUM_PARTITIONS) -> MergeCounts:
+    """Filter and gather shards into `out` (pseudo_gt.json) and/or the parquet `store`; returns the counts."""
+    from tqdm import tqdm
+
+    if out is None and store is None:
+        raise InputError("nothing to write: give --out, --store, or both")
+    if top_k < 1:
+        raise InputError(f"--top-k must be >= 1, got {top_k}")
+    coco = read_json(annotations, "annotation file")
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise InputError(f"annotation file {annotations} has no 'images' list; pass the training COCO file")
+    images = coco["images"]
+    del coco
+    known_ids = np.unique(np.array([int(img["id"]) for img in images], dtype=np.int64))
+    shard_paths = [Path(s) for s in shards]
+    for p in shard_paths:
+        _open_shard(p)  # fail on a bad shard before any work
+
+    counts = MergeCounts()
+    writer = StoreWriter(Path(store), num_partitions) if store is not None else None
+    next_id = 1
+    progress = tqdm(total=sum(pq.read_metadata(p).num_rows for p in shard_paths), unit="cand",
+                    desc="merge", dynamic_ncols=True)
+    try:
+        with (_atomic_text(Path(out)) if out is not None else contextlib.nullcontext()) as f:
+            if f is not None:
+                f.write('{"images": ')
+                json.dump(images, f)
+                f.write(', "categories": ' + json.dumps(CATEGORIES) + ', "annotations": [')
+            first = True
+            before = 0
+            for kept in iter_kept(shard_paths, known_ids, top_k, gt_iou_max, min_score, counts):
+                progress.update(counts.candidates_read - before)
+                before = counts.candidates_read
+                kept = kept.add_column(0, "id", pa.array(np.arange(next_id, next_id + kept.num_rows),
+                                                         type=pa.int64()))
+                next_id += kept.num_rows
+                if writer is not None:
+                    writer.add(kept.cast(STORE_SCHEMA))
+                if f is not None:
+                    for row in kept.to_pylist():
+                        f.write(("" if first else ", ") + json.dumps(row_to_annotation(row)))
+                        first = False
+            progress.update(counts.candidates_read - before)
+            if f is not None:
+                f.write("]}\n")
+        manifest = writer.close() if writer is not None else None
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        progress.close()
+
+    log.info("read %d candidates of %d images from %d shards", counts.candidates_read,
+             counts.images_in_shards, len(shard_paths))
+    log.info("removed: %d with gt_iou >= %s, %d with score < %s, %d beyond top-%d per image",
+             counts.removed_by_gt_iou, gt_iou_max, counts.removed_by_score, min_score,
+             counts.removed_by_top_k, top_k)
+    log.info("kept %d pseudo-GT annotations on %d of %d training images",
+             counts.kept, counts.images_with_pseudo_gt, len(images))
+    if out is not None:
+        log.info("wrote %s", out)
+    if manifest is not None:
+        log.info("wrote store %s (%d partitions)", store, manifest["num_partitions"])
+    return counts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", nargs="+", required=True, help="extraction shard parquet files")
+    parser.add_argument("--annotations", required=True,
+                        help="training COCO file: its images become the images of pseudo_gt.json")
+    parser.add_argument("--out", help="pseudo_gt.json (COCO); required unless --no-json")
+    parser.add_argument("--store", help="also write a per-image parquet store in this folder")
+    parser.add_argument("--no-json", action="store_true", help="write only the --store (huge sets)")
+    parser.add_argument("--top-k", type=int, default=3, help="kept candidates per image, best rank first")
+    parser.add_argument("--gt-iou-max", type=float, default=0.5,
+                        help="keep candidates whose best IoU with annotated objects is below this")
+    parser.add_argument("--min-score", type=float, default=None, help="also drop candidates scoring below this")
+    parser.add_argument("--counts", help="also write the filter counts as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.no_json and not args.store:
+        raise InputError("--no-json needs --store (otherwise nothing would be written)")
+    if not args.no_json and not args.out:
+        raise InputError("give --out pseudo_gt.json (or --store DIR --no-json)")
+    counts = merge_shards(args.shards, args.annotations, None if args.no_json else args.out, store=args.store,
+                          top_k=args.top_k, gt_iou_max=args.gt_iou_max, min_score=args.min_score)
+    if args.counts:
+        atomic_write_json(args.counts, asdict(counts), indent=2)
+    return 0

@@ -1,0 +1,266 @@
+"""Train the pairwise-affinity network (paper schedule by default); resumes from per-epoch checkpoints."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ggn import dist
+from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything
+from ggn.pa.data import PATrainingSet, collate_padded
+from ggn.pa.model import build_pa_model, default_pa_config, normalize_images
+from ggn.pa.targets import affinity_loss, affinity_targets, parse_offsets
+
+log = logging.getLogger(__name__)
+
+# Keys of the PA config that define the network and its targets: a resumed run must agree on them.
+_MODEL_KEYS = ("backbone", "norm", "fpn_dim", "ppm_dim", "pool_scales", "offsets", "reduce")
+_KEEP_EPOCH_CHECKPOINTS = 2
+_WARMUP_RATIO = 0.001  # linear warm-up starts at lr * 0.001 (mmcv default used by the reference)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-json", required=True, type=Path, help="COCO training annotations (train.json)")
+    p.add_argument("--images", required=True, type=Path, help="image folder (joined with each file_name)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="final checkpoint {model, config}; per-epoch checkpoints go to OUT's folder/epochs")
+    p.add_argument("--backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="local torchvision ResNet state_dict file; random init when omitted (no downloads)")
+    p.add_argument("--norm", default="bn", choices=["bn", "gn"], help="BatchNorm or GroupNorm(32)")
+    p.add_argument("--fpn-dim", type=int, default=256, help="channels of the FPN/fusion layers of the head")
+    p.add_argument("--ppm-dim", type=int, default=512, help="channels of each pyramid-pooling branch")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--lr-steps", type=int, nargs="*", default=[15], help="epochs after which lr is multiplied by 0.1")
+    p.add_argument("--warmup-iters", type=int, default=500, help="linear warm-up iterations (0: none)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per process")
+    p.add_argument("--input-size", type=int, default=512, help="long side of resized images")
+    p.add_argument("--offsets", nargs="*", default=["1"],
+                   help="neighbour offsets: an integer d = the 8 neighbours at distance d; 'dy,dx' = one offset")
+    p.add_argument("--reduce", default="mean", choices=["mean", "none"],
+                   help="collapse the offset channels to their mean (released GGN config) or keep one per offset")
+    p.add_argument("--pos-weight", type=float, default=0.05, help="BCE weight of the same-instance class")
+    p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the GPU per rank)")
+    p.add_argument("--max-images", type=int, default=None, help="train on the first N images only")
+    p.add_argument("--log-every", type=int, default=10, help="iterations between loss log lines")
+
+
+def pa_config_from_args(args: argparse.Namespace) -> dict:
+    return default_pa_config(
+        backbone=args.backbone, norm=args.norm, fpn_dim=args.fpn_dim, ppm_dim=args.ppm_dim,
+        offsets=[list(o) for o in parse_offsets(args.offsets)], reduce=args.reduce, input_size=args.input_size,
+    )
+
+
+def make_lr_lambda(iters_per_epoch: int, warmup_iters: int, lr_steps: list[int]) -> Callable[[int], float]:
+    """Per-iteration lr factor: linear warm-up from 0.001, then x0.1 after each step epoch."""
+    steps = sorted(int(s) for s in lr_steps)
+
+    def factor(it: int) -> float:
+        warm = 1.0
+        if warmup_iters > 0 and it < warmup_iters:
+            warm = _WARMUP_RATIO + (1.0 - _WARMUP_RATIO) * it / warmup_iters
+        epoch = it // max(1, iters_per_epoch)
+        return warm * 0.1 ** sum(epoch >= s for s in steps)
+
+    return factor
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                       int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def epoch_dir(out: Path) -> Path:
+    return Path(out).parent / "epochs"
+
+
+def latest_epoch_checkpoint(out: Path) -> Path | None:
+    files = sorted(epoch_dir(out).glob("epoch_*.pt"))
+    return files[-1] if files else None
+
+
+def _jsonable_args(args: argparse.Namespace) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if isinstance(v, (str, int, float, bool, list, Path, type(None)))}
+
+
+def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | None = None) -> Path:
+    """Train (or resume) and write the final {"model", "config"} checkpoint to args.out.
+
+    on_epoch_end(epoch) runs after each epoch's checkpoint is written (tests use it to simulate a kill).
+    """
+    if not args.train_json.is_file():
+        raise InputError(f"--train-json {args.train_json} does not exist; run `ggn split` first")
+    device, rank, world = dist.init_distributed(args.device)
+    main = rank == 0
+    config = pa_config_from_args(args)
+    seed_everything(args.seed)
+    model = build_pa_model(config, pretrained=args.pretrained)
+    if not args.pretrained and main:
+        log.info("backbone %s starts from random initialisation (no --pretrained file given)", args.backbone)
+    if world > 1 and args.norm == "bn":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+
+    dataset = PATrainingSet(args.train_json, args.images, input_size=args.input_size, flip=not args.no_flip,
+                            seed=args.seed, max_images=args.max_images)
+    if len(dataset) == 0:
+        raise InputError(f"{args.train_json} has no images to train on")
+    # One sampler for both paths: a single process is rank 0 of 1, shuffled by (seed, epoch).
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=args.seed, drop_last=False)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+        collate_fn=collate_padded, pin_memory=device.type == "cuda", drop_last=False,
+        persistent_workers=False)
+    iters_per_epoch = len(loader)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, make_lr_lambda(iters_per_epoch, args.warmup_iters, args.lr_steps))
+
+    start_epoch = 0
+    resume_from = latest_epoch_checkpoint(args.out)
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, map_location="cpu")
+        saved = {k: ckpt["config"].get(k) for k in _MODEL_KEYS}
+        wanted = {k: config.get(k) for k in _MODEL_KEYS}
+        if saved != wanted:
+            raise InputError(f"{resume_from} was trained with {saved}, but this run asks for {wanted}; "
+                             f"delete {epoch_dir(args.out)} to start afresh or use another --out folder")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        if main:
+            log.info("resuming from %s (epoch %d of %d done)", resume_from, start_epoch, args.epochs)
+
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    offsets = [tuple(o) for o in config["offsets"]]
+    reduce = config["reduce"]
+    log_path = Path(args.out).parent / "train_log.jsonl"
+    if main:
+        log.info("training %s on %d images (%d iterations/epoch, %d process(es), device %s); log: %s",
+                 args.backbone, len(dataset), iters_per_epoch, world, device, log_path)
+
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        t0 = time.perf_counter()
+        total, count, window, window_n, seen = 0.0, 0, 0.0, 0, 0
+        bar = tqdm(loader, desc=f"train-pa epoch {epoch + 1}/{args.epochs}", disable=not main, leave=False)
+        for it, batch in enumerate(bar):
+            images = normalize_images(batch["images"].to(device, non_blocking=True), config)
+            ids = batch["ids"].to(device, non_blocking=True)
+            valid = batch["valid"].to(device, non_blocking=True)
+            crowd = batch["crowd"].to(device, non_blocking=True)
+            target, counted = affinity_targets(ids, valid, offsets, ignore=crowd, reduce=reduce)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(images)
+            loss = affinity_loss(logits.float(), target, counted, pos_weight=args.pos_weight)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite PA loss at epoch {epoch + 1} iteration {it + 1}; "
+                                         f"lower --lr (now {args.lr}) or lengthen --warmup-iters")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            value = float(loss.detach())
+            total += value
+            count += 1
+            window += value
+            window_n += 1
+            seen += images.shape[0]
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if main and ((it + 1) % max(1, args.log_every) == 0 or it + 1 == iters_per_epoch):
+                _append_log(log_path, {"epoch": epoch + 1, "iter": it + 1, "global_iter": epoch * iters_per_epoch + it + 1,
+                                       "lr": scheduler.get_last_lr()[0], "loss": window / window_n,
+                                       "images_per_s": seen * world / (time.perf_counter() - t0)})
+                window, window_n = 0.0, 0
+        bar.close()
+        seconds = time.perf_counter() - t0
+        if main:
+            _append_log(log_path, {"epoch": epoch + 1, "epoch_loss": total / max(1, count), "seconds": seconds,
+                                   "images_per_s": seen * world / max(seconds, 1e-9)})
+            _save_epoch(args, config, dist.unwrap(model), optimizer, scheduler, epoch)
+            log.info("epoch %d/%d: mean loss %.4f, %.1f s", epoch + 1, args.epochs, total / max(1, count), seconds)
+        dist.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
+    if main:
+        state = {k: v.detach().cpu() for k, v in dist.unwrap(model).state_dict().items()}
+        atomic_torch_save({"model": state, "config": config}, args.out)
+        log.info("PA checkpoint written to %s", args.out)
+    dist.barrier()
+    return Path(args.out)
+
+
+def _append_log(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _save_epoch(args, config, model, optimizer, scheduler, epoch: int) -> None:
+    folder = epoch_dir(args.out)
+    path = folder / f"epoch_{epoch:03d}.pt"
+    atomic_torch_save({
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+        "rng": _rng_state(), "config": config, "args": _jsonable_args(args),
+    }, path)
+    for old in sorted(folder.glob("epoch_*.pt"))[:-_KEEP_EPOCH_CHECKPOINTS]:
+        old.unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        train_pa(args)
+    finally:
+        dist.cleanup()
+    return 0

@@ -1,0 +1,111 @@
+"""The results table: one row per experiment (baseline vs GGN recall on unseen classes), as CSV and Markdown."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+from ggn.io import InputError, atomic_write_json, atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
+
+# (column suffix, iou type, metric name); AR values are reported in percent as in the paper.
+METRICS = [
+    ("box_AR@10", "bbox", "AR@10"),
+    ("box_AR@100", "bbox", "AR@100"),
+    ("mask_AR@10", "segm", "AR@10"),
+    ("mask_AR@100", "segm", "AR@100"),
+]
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+    row = sub.add_parser("row", help="one experiment's row from its two metrics files")
+    row.add_argument("--experiment", required=True)
+    row.add_argument("--baseline", required=True, type=Path, help="metrics JSON of the baseline detector")
+    row.add_argument("--ggn", required=True, type=Path, help="metrics JSON of the detector trained with pseudo-GT")
+    row.add_argument("--pa", type=Path, default=None, help="metrics JSON of `ggn eval-pa` (optional)")
+    row.add_argument("--training", default="", help="what the detector was trained on")
+    row.add_argument("--evaluation", default="", help="what it was evaluated on")
+    row.add_argument("--top-k", type=int, default=None, help="pseudo-GT masks kept per image")
+    row.add_argument("--paper-baseline", type=float, default=None, help="the paper's baseline mask AR@100")
+    row.add_argument("--paper-ggn", type=float, default=None, help="the paper's GGN mask AR@100")
+    row.add_argument("--out", required=True, type=Path)
+    gather = sub.add_parser("gather", help="gather rows into the table")
+    gather.add_argument("--rows", nargs="+", required=True, type=Path)
+    gather.add_argument("--csv", required=True, type=Path)
+    gather.add_argument("--md", required=True, type=Path)
+
+
+def _metric(metrics: dict, path: Path, iou_type: str, name: str) -> float:
+    try:
+        return 100.0 * float(metrics[iou_type][name])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{path} has no {iou_type} {name}; it must be the output of `ggn evaluate`") from None
+
+
+def make_row(experiment: str, baseline: Path, ggn: Path, pa: Path | None = None, training: str = "",
+             evaluation: str = "", top_k: int | None = None, paper_baseline: float | None = None,
+             paper_ggn: float | None = None) -> dict:
+    row = {"experiment": experiment, "training": training, "evaluation": evaluation, "top_k": top_k}
+    for variant, path in (("baseline", baseline), ("ggn", ggn)):
+        metrics = read_json(path, "metrics file")
+        for column, iou_type, name in METRICS:
+            row[f"{variant}_{column}"] = round(_metric(metrics, path, iou_type, name), 2)
+    row["gain_mask_AR@100"] = round(row["ggn_mask_AR@100"] - row["baseline_mask_AR@100"], 2)
+    row["paper_baseline_mask_AR@100"] = paper_baseline
+    row["paper_ggn_mask_AR@100"] = paper_ggn
+    if pa is not None:
+        pa_metrics = read_json(pa, "PA metrics file")
+        f_score = pa_metrics.get("boundary", {}).get("f")
+        row["pa_boundary_F"] = round(100.0 * f_score, 2) if f_score is not None else None
+    return row
+
+
+def render_markdown(rows: list[dict]) -> str:
+    def fmt(v):
+        return "" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+    header = ["experiment", "training", "evaluation", "top-k",
+              "box AR@10", "box AR@100", "mask AR@10", "mask AR@100", "gain (mask AR@100)", "paper mask AR@100"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        pair = lambda c: f"{fmt(r[f'baseline_{c}'])} → {fmt(r[f'ggn_{c}'])}"  # noqa: E731
+        paper = ""
+        if r.get("paper_baseline_mask_AR@100") is not None:
+            paper = f"{fmt(r['paper_baseline_mask_AR@100'])} → {fmt(r.get('paper_ggn_mask_AR@100'))}"
+        cells = [r["experiment"], r["training"], r["evaluation"], fmt(r["top_k"]),
+                 pair("box_AR@10"), pair("box_AR@100"), pair("mask_AR@10"), pair("mask_AR@100"),
+                 f"{r['gain_mask_AR@100']:+.1f}", paper]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("AR in percent on unseen classes only (seen-class ground truth ignored), baseline → GGN "
+                 "(detector trained on seen GT → seen GT + pseudo-GT).")
+    return "\n".join(lines) + "\n"
+
+
+def gather(rows: list[Path], csv_path: Path, md_path: Path) -> list[dict]:
+    table = [read_json(p, "table row") for p in rows]
+    columns: list[str] = []
+    for r in table:
+        columns += [c for c in r if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(md_path, render_markdown(table))
+    log.info("wrote %d rows to %s and %s", len(table), csv_path, md_path)
+    return table
+
+
+def run(args) -> None:
+    if args.mode == "row":
+        row = make_row(args.experiment, args.baseline, args.ggn, args.pa, args.training, args.evaluation,
+                       args.top_k, args.paper_baseline, args.paper_ggn)
+        atomic_write_json(args.out, row, indent=2)
+        log.info("row %s: mask AR@100 %.1f -> %.1f (%s)", args.experiment, row["baseline_mask_AR@100"],
+                 row["ggn_mask_AR@100"], args.out)
+    else:
+        gather(args.rows, args.csv, args.md)

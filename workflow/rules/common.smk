@@ -1,0 +1,152 @@
+# Config validation and every helper the rules use; rules themselves only wire files together.
+import re
+import shlex
+
+from snakemake.utils import validate
+
+
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+RESULTS = config["results"]
+EXPERIMENTS = config["run"] or list(config["experiments"])
+for _name in EXPERIMENTS:
+    if _name not in config["experiments"]:
+        raise ValueError(
+            f"config 'run' names experiment {_name!r}, which is not under 'experiments' "
+            f"(have: {', '.join(config['experiments'])})"
+        )
+    _exp = config["experiments"][_name]
+    if "data" not in _exp and "synthetic" not in _exp:
+        raise ValueError(
+            f"experiment {_name!r} needs a 'data' block (annotation files and image folders) "
+            "or a 'synthetic' block; see config/README.md"
+        )
+
+
+wildcard_constraints:
+    exp="|".join(map(re.escape, config["experiments"])),
+    variant="baseline|ggn",
+    shard=r"\d+",
+    nshards=r"\d+",
+
+
+def experiment(wildcards):
+    return config["experiments"][wildcards.exp]
+
+
+def data_path(wildcards, key):
+    """Dataset files of an experiment; a synthetic experiment's live under results/{exp}/synthetic."""
+    exp = experiment(wildcards)
+    if "synthetic" in exp:
+        root = f"{RESULTS}/{wildcards.exp}/synthetic"
+        return {
+            "train_annotations": f"{root}/annotations/instances_train.json",
+            "train_images": f"{root}/train",
+            "eval_annotations": f"{root}/annotations/instances_val.json",
+            "eval_images": f"{root}/val",
+        }[key]
+    return exp["data"][key]
+
+
+def train_source(wildcards):
+    return data_path(wildcards, "train_annotations")
+
+
+def eval_source(wildcards):
+    return data_path(wildcards, "eval_annotations")
+
+
+def train_images(wildcards):
+    return data_path(wildcards, "train_images")
+
+
+def eval_images(wildcards):
+    return data_path(wildcards, "eval_images")
+
+
+def to_flags(options, skip=()):
+    """{'lr_steps': [6, 7], 'amp': False} -> '--lr-steps 6 7 --no-amp' for a `ggn <step>` command."""
+    parts = []
+    for key, value in options.items():
+        if key in skip or value is None:
+            continue
+        name = key.replace("_", "-")
+        flag = f"--{name}"
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{name}")
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{flag} {' '.join(shlex.quote(str(v)) for v in value)}")
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+def synth_flags(wildcards):
+    return to_flags(experiment(wildcards)["synthetic"])
+
+
+def split_flags(wildcards):
+    exp = experiment(wildcards)
+    return to_flags({"seen": exp["seen"], "unseen": exp.get("unseen")})
+
+
+def pa_flags(wildcards):
+    return to_flags(experiment(wildcards)["pa"])
+
+
+def num_shards(name):
+    return config["num_shards"] or config["experiments"][name]["extract"]["num_shards"]
+
+
+def extract_flags(wildcards):
+    return to_flags(experiment(wildcards)["extract"], skip=("num_shards",))
+
+
+def shard_files(wildcards):
+    n = num_shards(wildcards.exp)
+    return [f"{RESULTS}/{wildcards.exp}/pseudo/shards/{i}-of-{n}.parquet" for i in range(n)]
+
+
+def merge_flags(wildcards):
+    return to_flags(experiment(wildcards)["merge"], skip=("store",))
+
+
+def merge_store(wildcards):
+    if experiment(wildcards)["merge"]["store"]:
+        return f"--store {RESULTS}/{wildcards.exp}/pseudo/store"
+    return ""
+
+
+def detector_inputs(wildcards):
+    inputs = {"train": f"{RESULTS}/{wildcards.exp}/data/train.json"}
+    if wildcards.variant == "ggn":
+        inputs["pseudo"] = f"{RESULTS}/{wildcards.exp}/pseudo/pseudo_gt.json"
+    return inputs
+
+
+def detector_flags(wildcards):
+    flags = to_flags(experiment(wildcards)["detector"])
+    if wildcards.variant == "ggn":
+        flags += f" --pseudo-gt {RESULTS}/{wildcards.exp}/pseudo/pseudo_gt.json"
+    return flags
+
+
+def predict_flags(wildcards):
+    return to_flags(experiment(wildcards)["predict"])
+
+
+def row_flags(wildcards):
+    exp = experiment(wildcards)
+    options = {
+        "experiment": wildcards.exp,
+        "training": exp.get("training", exp["seen"]),
+        "evaluation": exp.get("evaluation", exp.get("unseen") or f"not {exp['seen']}"),
+        "top_k": exp["merge"]["top_k"],
+        "paper_baseline": exp.get("paper", {}).get("baseline"),
+        "paper_ggn": exp.get("paper", {}).get("ggn"),
+    }
+    return to_flags(options)
+
+
+def all_rows():
+    return [f"{RESULTS}/{name}/row.json" for name in EXPERIMENTS]

@@ -1,0 +1,42 @@
+# Data: generate the synthetic dataset when asked, then split seen/unseen classes per the contracts.
+
+
+rule synth:
+    output:
+        train=f"{RESULTS}/{{exp}}/synthetic/annotations/instances_train.json",
+        eval=f"{RESULTS}/{{exp}}/synthetic/annotations/instances_val.json",
+    params:
+        out=f"{RESULTS}/{{exp}}/synthetic",
+        flags=synth_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/synth.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "ggn synth --out {params.out} {params.flags} > {log} 2>&1"
+
+
+rule split:
+    input:
+        train=train_source,
+        eval=eval_source,
+    output:
+        train=f"{RESULTS}/{{exp}}/data/train.json",
+        eval=f"{RESULTS}/{{exp}}/data/eval.json",
+    params:
+        flags=split_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/split.log",
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=30,
+    shell:
+        "ggn split --train-annotations {input.train} --eval-annotations {input.eval} {params.flags}"
+        " --train-out {output.train} --eval-out {output.eval} > {log} 2>&1"

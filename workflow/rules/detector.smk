@@ -1,0 +1,46 @@
+# Class-agnostic detector per variant (baseline: seen GT; ggn: seen GT + pseudo-GT) and its detections.
+
+
+rule train_detector:
+    input:
+        unpack(detector_inputs),
+    output:
+        checkpoint=f"{RESULTS}/{{exp}}/detector/{{variant}}/checkpoint.pt",
+    params:
+        images=train_images,
+        flags=detector_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/train_detector-{{variant}}.log",
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=3 * 24 * 60,
+    shell:
+        "OMP_NUM_THREADS={threads} ggn train-detector --variant {wildcards.variant} --train-json {input.train}"
+        " --images {params.images} --out {output.checkpoint} --workers {threads} {params.flags} > {log} 2>&1"
+
+
+rule predict:
+    input:
+        checkpoint=f"{RESULTS}/{{exp}}/detector/{{variant}}/checkpoint.pt",
+        eval=f"{RESULTS}/{{exp}}/data/eval.json",
+    output:
+        detections=f"{RESULTS}/{{exp}}/detector/{{variant}}/detections.json",
+    params:
+        images=eval_images,
+        flags=predict_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/predict-{{variant}}.log",
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=6 * 60,
+    shell:
+        "OMP_NUM_THREADS={threads} ggn predict --checkpoint {input.checkpoint} --annotations {input.eval}"
+        " --images {params.images} --out {output.detections} {params.flags} > {log} 2>&1"

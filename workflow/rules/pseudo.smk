@@ -1,0 +1,47 @@
+# Pseudo ground truth: sharded extraction (PA + grouping + ranking), then one merge.
+
+
+rule extract:
+    input:
+        checkpoint=f"{RESULTS}/{{exp}}/pa/checkpoint.pt",
+        train=f"{RESULTS}/{{exp}}/data/train.json",
+    output:
+        shard=f"{RESULTS}/{{exp}}/pseudo/shards/{{shard}}-of-{{nshards}}.parquet",
+    params:
+        images=train_images,
+        flags=extract_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/extract-{{shard}}-of-{{nshards}}.log",
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=24 * 60,
+    shell:
+        "OMP_NUM_THREADS={threads} ggn extract --checkpoint {input.checkpoint} --annotations {input.train}"
+        " --images {params.images} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
+        " --out {output.shard} {params.flags} > {log} 2>&1"
+
+
+rule merge:
+    input:
+        shards=shard_files,
+        train=f"{RESULTS}/{{exp}}/data/train.json",
+    output:
+        pseudo=f"{RESULTS}/{{exp}}/pseudo/pseudo_gt.json",
+    params:
+        flags=merge_flags,
+        store=merge_store,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/merge.log",
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=6 * 60,
+    shell:
+        "ggn merge --shards {input.shards} --annotations {input.train} --out {output.pseudo}"
+        " {params.store} {params.flags} > {log} 2>&1"

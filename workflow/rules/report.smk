@@ -1,0 +1,59 @@
+# Evaluation on unseen classes, one table row per experiment, and the table of all rows.
+
+
+rule evaluate:
+    input:
+        detections=f"{RESULTS}/{{exp}}/detector/{{variant}}/detections.json",
+        eval=f"{RESULTS}/{{exp}}/data/eval.json",
+    output:
+        metrics=f"{RESULTS}/{{exp}}/eval/{{variant}}.json",
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/evaluate-{{variant}}.log",
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    shell:
+        "ggn evaluate --gt {input.eval} --detections {input.detections} --out {output.metrics} > {log} 2>&1"
+
+
+rule row:
+    input:
+        baseline=f"{RESULTS}/{{exp}}/eval/baseline.json",
+        ggn=f"{RESULTS}/{{exp}}/eval/ggn.json",
+        pa=f"{RESULTS}/{{exp}}/pa/metrics.json",
+    output:
+        row=f"{RESULTS}/{{exp}}/row.json",
+    params:
+        flags=row_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/row.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "ggn table row --baseline {input.baseline} --ggn {input.ggn} --pa {input.pa} --out {output.row}"
+        " {params.flags} > {log} 2>&1"
+
+
+rule table:
+    input:
+        rows=all_rows(),
+    output:
+        csv=f"{RESULTS}/table.csv",
+        md=f"{RESULTS}/table.md",
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/logs/table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "ggn table gather --rows {input.rows} --csv {output.csv} --md {output.md} > {log} 2>&1"
