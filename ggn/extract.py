@@ -300,6 +300,8 @@ def _read(image_root: Path, info: dict) -> np.ndarray | str:
         image = read_image(path)
     except Exception as e:  # PIL raises many types for missing, truncated or garbage files
         return f"unreadable image {path}: {type(e).__name__}: {e}"
+    if not image.flags.writeable:  # PIL's buffer is read-only; torch.from_numpy warns about those
+        image = image.copy()
     if image.shape[:2] != (int(info["height"]), int(info["width"])):
         return (f"image {path} is {image.shape[1]}x{image.shape[0]} but the annotation file says "
                 f"{info['width']}x{info['height']}")

@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            values = {k: float(v) for k, v in losses.items()} | {"loss": float(loss)}
+            values = {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach())}
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")

@@ -87,7 +87,23 @@ def synth_flags(wildcards):
 
 def split_flags(wildcards):
     exp = experiment(wildcards)
-    return to_flags({"seen": exp["seen"], "unseen": exp.get("unseen")})
+    return to_flags({"seen": exp["seen"], "unseen": exp["unseen"],
+                     "eval_seen": exp["eval_seen"], "eval_unseen": exp["eval_unseen"]})
+
+
+def pseudo_annotations(wildcards):
+    """Images the pseudo-GT is mined from: the training set unless `pseudo_data` names others."""
+    exp = experiment(wildcards)
+    if "pseudo_data" in exp:
+        return exp["pseudo_data"]["annotations"]
+    return f"{RESULTS}/{wildcards.exp}/data/train.json"
+
+
+def pseudo_images(wildcards):
+    exp = experiment(wildcards)
+    if "pseudo_data" in exp:
+        return exp["pseudo_data"]["images"]
+    return train_images(wildcards)
 
 
 def pa_flags(wildcards):
@@ -149,4 +165,17 @@ def row_flags(wildcards):
 
 
 def all_rows():
-    return [f"{RESULTS}/{name}/row.json" for name in EXPERIMENTS]
+    return [f"{RESULTS}/{name}/row.json" for name in EXPERIMENTS
+            if config["experiments"][name]["targets"] == "table"]
+
+
+def all_targets():
+    """Rows gathered into the table, plus the pseudo-GT of experiments that stop there."""
+    targets = []
+    if all_rows():
+        targets += [f"{RESULTS}/table.csv", f"{RESULTS}/table.md"]
+    for name in EXPERIMENTS:
+        exp = config["experiments"][name]
+        if exp["targets"] == "pseudo":
+            targets.append(f"{RESULTS}/{name}/pseudo/pseudo_gt.json")
+    return targets

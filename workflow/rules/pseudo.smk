@@ -4,11 +4,11 @@
 rule extract:
     input:
         checkpoint=f"{RESULTS}/{{exp}}/pa/checkpoint.pt",
-        train=f"{RESULTS}/{{exp}}/data/train.json",
+        images_list=pseudo_annotations,
     output:
         shard=f"{RESULTS}/{{exp}}/pseudo/shards/{{shard}}-of-{{nshards}}.parquet",
     params:
-        images=train_images,
+        images=pseudo_images,
         flags=extract_flags,
     conda:
         "../envs/ggn.yaml"
@@ -20,7 +20,7 @@ rule extract:
         mem_mb=16000,
         runtime=24 * 60,
     shell:
-        "OMP_NUM_THREADS={threads} ggn extract --checkpoint {input.checkpoint} --annotations {input.train}"
+        "OMP_NUM_THREADS={threads} ggn extract --checkpoint {input.checkpoint} --annotations {input.images_list}"
         " --images {params.images} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
         " --out {output.shard} {params.flags} > {log} 2>&1"
 
@@ -28,7 +28,7 @@ rule extract:
 rule merge:
     input:
         shards=shard_files,
-        train=f"{RESULTS}/{{exp}}/data/train.json",
+        images_list=pseudo_annotations,
     output:
         pseudo=f"{RESULTS}/{{exp}}/pseudo/pseudo_gt.json",
     params:
@@ -43,5 +43,5 @@ rule merge:
         mem_mb=16000,
         runtime=6 * 60,
     shell:
-        "ggn merge --shards {input.shards} --annotations {input.train} --out {output.pseudo}"
+        "ggn merge --shards {input.shards} --annotations {input.images_list} --out {output.pseudo}"
         " {params.store} {params.flags} > {log} 2>&1"

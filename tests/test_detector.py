@@ -1,0 +1,246 @@
+"""Detector stage: model building, one training step per kind, data with pseudo-GT, predictions, resume."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from ggn.cli import main as ggn_main
+from ggn.coco_data import CocoInstances, collate
+from ggn.detector.data import DetectorDataset, RandomHorizontalFlip, build_training_dataset
+from ggn.detector.model import build_detector, detector_config, load_detector
+from ggn.detector.oln import aligned_iou, centerness
+from ggn.io import InputError, load_checkpoint
+
+TINY_MODEL = dict(backbone="resnet18", fpn_channels=16, representation_size=32, mask_channels=16,
+                  min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128],
+                  rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, box_batch_size_per_image=64)
+TINY_FLAGS = ["--backbone", "resnet18", "--fpn-channels", "16", "--representation-size", "32",
+              "--mask-channels", "16", "--min-size", "64", "--max-size", "64",
+              "--anchor-sizes", "8", "16", "32", "64", "128", "--rpn-pre-nms-top-n-train", "200",
+              "--rpn-post-nms-top-n-train", "100", "--box-batch-size-per-image", "64",
+              "--batch-size", "2", "--workers", "0", "--warmup-iters", "2", "--lr", "0.01"]
+
+
+def _empty(target: dict) -> dict:
+    out = dict(target)
+    for key in ("masks", "boxes", "labels", "iscrowd"):
+        out[key] = target[key][:0]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["maskrcnn", "oln"])
+def test_one_training_step_is_finite_with_an_empty_image(tiny_coco, kind):
+    torch.manual_seed(0)
+    model = build_detector(detector_config(kind=kind, **TINY_MODEL)).train()
+    dataset = build_training_dataset(*tiny_coco, flip=0)
+    images, targets = collate([dataset[0], dataset[1]])
+    targets = [targets[0], _empty(targets[1])]
+    assert len(targets[0]["boxes"]) > 0
+    expected = {"loss_objectness", "loss_rpn_box_reg", "loss_box_reg", "loss_mask",
+                "loss_classifier" if kind == "maskrcnn" else "loss_box_iou"}
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = model(list(images), targets)
+    assert set(losses) == expected
+    loss = sum(losses.values())
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in losses.values())
+    loss.backward()
+    opt.step()
+    changed = sum(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert changed > len(before) // 2
+
+
+def test_oln_inference_scores_are_geometric_means(tiny_coco):
+    torch.manual_seed(0)
+    model = build_detector(detector_config(kind="oln", **TINY_MODEL)).eval()
+    image, _ = build_training_dataset(*tiny_coco, flip=0)[0]
+    with torch.no_grad():
+        out = model([image])[0]
+    assert out["boxes"].shape[1] == 4 and len(out["boxes"]) == len(out["scores"]) == len(out["masks"]) > 0
+    assert (out["scores"] >= 0).all() and (out["scores"] <= 1).all()
+    assert torch.all(out["scores"][:-1] >= out["scores"][1:])
+    assert out["masks"].shape[-2:] == image.shape[-2:]
+
+
+def test_centerness_and_iou_targets():
+    gt = torch.tensor([[0.0, 0.0, 10.0, 20.0]] * 3)
+    anchors = torch.tensor([[4.0, 9.0, 6.0, 11.0],      # centre (5, 10): the box centre
+                            [1.0, 9.0, 3.0, 11.0],      # centre (2, 10): l=2, r=8
+                            [20.0, 9.0, 22.0, 11.0]])   # centre outside the box
+    c = centerness(anchors, gt)
+    assert torch.allclose(c, torch.tensor([1.0, (2 / 8) ** 0.5, 0.0]))
+    iou = aligned_iou(torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]]),
+                      torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]]))
+    assert torch.allclose(iou, torch.tensor([1.0, 1 / 3]))
+
+
+def test_flip_keeps_masks_and_boxes_in_step(tiny_coco):
+    dataset = DetectorDataset(CocoInstances(*tiny_coco), transform=RandomHorizontalFlip(p=1.0))
+    plain = DetectorDataset(CocoInstances(*tiny_coco))
+    image, target = dataset[0]
+    image0, target0 = plain[0]
+    assert torch.equal(image, image0.flip(-1))
+    assert torch.equal(target["masks"], target0["masks"].flip(-1))
+    from ggn.coco_data import masks_to_boxes
+    assert torch.equal(target["boxes"], masks_to_boxes(target["masks"]))
+
+
+def _pseudo_gt(tiny_coco, tmp_path) -> tuple[Path, int, int]:
+    """pseudo_gt.json with two masks on image 1 (a new square and a copy of nothing annotated)."""
+    ann_file, _ = tiny_coco
+    coco = json.loads(Path(ann_file).read_text())
+    h = w = coco["images"][0]["height"]
+    anns = []
+    for i, (y, x) in enumerate([(2, 2), (40, 40)], start=1):
+        m = np.zeros((h, w), bool)
+        m[y:y + 10, x:x + 12] = True
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode()
+        anns.append({"id": i, "image_id": 1, "category_id": 1, "segmentation": rle, "bbox": [x, y, 12, 10],
+                     "area": 120.0, "iscrowd": 0, "score": 0.5, "gt_iou": 0.0})
+    path = tmp_path / "pseudo_gt.json"
+    path.write_text(json.dumps({"images": coco["images"], "annotations": anns,
+                                "categories": [{"id": 1, "name": "object"}]}))
+    n_gt = sum(a["image_id"] == 1 for a in coco["annotations"])
+    return path, n_gt, len(anns)
+
+
+def test_ggn_dataset_adds_pseudo_gt_and_baseline_does_not(tiny_coco, tmp_path):
+    pseudo, n_gt, n_pseudo = _pseudo_gt(tiny_coco, tmp_path)
+    ggn = build_training_dataset(*tiny_coco, variant="ggn", pseudo_gt=pseudo, flip=0)
+    base = build_training_dataset(*tiny_coco, variant="baseline", flip=0)
+    _, t_ggn = ggn[0]
+    _, t_base = base[0]
+    assert t_ggn["image_id"] == t_base["image_id"] == 1
+    assert len(t_base["masks"]) == n_gt
+    assert len(t_ggn["masks"]) == n_gt + n_pseudo
+    assert torch.equal(t_ggn["masks"][:n_gt], t_base["masks"])
+    assert torch.equal(t_ggn["boxes"][n_gt:], torch.tensor([[2.0, 2, 14, 12], [40, 40, 52, 50]]))
+    assert (t_ggn["labels"] == 1).all()
+    # other images are untouched
+    assert len(ggn[1][1]["masks"]) == len(base[1][1]["masks"])
+
+
+def test_pseudo_store_is_read_per_image(tiny_coco, tmp_path):
+    pseudo, n_gt, n_pseudo = _pseudo_gt(tiny_coco, tmp_path)
+    anns = json.loads(pseudo.read_text())["annotations"]
+
+    class Store:  # the documented PseudoStore interface: annotations_for(image_id) -> list[dict]
+        calls: list[int] = []
+
+        def annotations_for(self, image_id):
+            self.calls.append(image_id)
+            return [a for a in anns if a["image_id"] == image_id]
+
+    store = Store()
+    dataset = build_training_dataset(*tiny_coco, variant="ggn", pseudo_store=store, flip=0)
+    assert store.calls == []  # nothing loaded up front
+    assert len(dataset[0][1]["masks"]) == n_gt + n_pseudo
+    assert store.calls == [1]
+
+
+def test_crowd_regions_are_not_targets(tiny_coco, tmp_path):
+    ann_file, images = tiny_coco
+    coco = json.loads(Path(ann_file).read_text())
+    first = next(a for a in coco["annotations"] if a["image_id"] == 1)
+    first["iscrowd"] = 1
+    n = sum(a["image_id"] == 1 for a in coco["annotations"])
+    path = tmp_path / "crowd.json"
+    path.write_text(json.dumps(coco))
+    _, target = build_training_dataset(path, images, flip=0)[0]
+    assert len(target["masks"]) == n - 1 and not target["iscrowd"].any()
+
+
+def test_ggn_variant_without_pseudo_gt_names_the_flags(tiny_coco):
+    with pytest.raises(InputError, match="--pseudo-gt"):
+        build_training_dataset(*tiny_coco, variant="ggn")
+
+
+def _train(tiny_coco, out: Path, epochs: int, *extra: str) -> int:
+    ann_file, images = tiny_coco
+    return ggn_main(["train-detector", "--train-json", str(ann_file), "--images", str(images), "--out", str(out),
+                     "--epochs", str(epochs), "--lr-steps", "1", *TINY_FLAGS, *extra])
+
+
+@pytest.mark.parametrize("kind", ["maskrcnn", "oln"])
+def test_train_and_predict_follow_the_results_contract(tiny_coco, tmp_path, kind):
+    ann_file, images = tiny_coco
+    ckpt = tmp_path / "det" / "checkpoint.pt"
+    assert _train(tiny_coco, ckpt, 1, "--kind", kind) == 0
+    saved = torch.load(ckpt, weights_only=True)
+    assert set(saved) == {"model", "config"} and saved["config"]["kind"] == kind
+    log = [json.loads(line) for line in (ckpt.parent / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["epoch"] == 1 and np.isfinite(log[-1]["mean"]["loss"])
+    dets_path = tmp_path / "detections.json"
+    assert ggn_main(["predict", "--checkpoint", str(ckpt), "--annotations", str(ann_file), "--images", str(images),
+                     "--out", str(dets_path), "--batch-size", "3"]) == 0
+    dets = json.loads(dets_path.read_text())
+    gt = json.loads(Path(ann_file).read_text())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    assert {d["image_id"] for d in dets} == set(sizes)  # every image gets detections (score threshold 0)
+    for d in dets:
+        assert set(d) == {"image_id", "category_id", "bbox", "segmentation", "score"}
+        assert d["category_id"] == 1 and isinstance(d["segmentation"]["counts"], str)
+        assert len(d["bbox"]) == 4 and d["bbox"][2] >= 0 and d["bbox"][3] >= 0
+        assert tuple(d["segmentation"]["size"]) == sizes[d["image_id"]]
+        assert mask_utils.decode(d["segmentation"]).shape == sizes[d["image_id"]]
+    per_image = {i: [d["score"] for d in dets if d["image_id"] == i] for i in sizes}
+    assert all(s == sorted(s, reverse=True) for s in per_image.values())
+    coco_gt = COCO(str(ann_file))
+    coco_dt = coco_gt.loadRes(str(dets_path))
+    assert len(coco_dt.getAnnIds()) == len(dets)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_coco, tmp_path):
+    straight = tmp_path / "straight" / "checkpoint.pt"
+    resumed = tmp_path / "resumed" / "checkpoint.pt"
+    assert _train(tiny_coco, straight, 2) == 0
+    assert _train(tiny_coco, resumed, 1) == 0  # "killed" after epoch 1: only its epoch checkpoint matters
+    after_one = load_checkpoint(resumed.parent / "epochs" / "epoch_000.pt")
+    assert after_one["epoch"] == 0 and set(after_one) >= {"model", "optimizer", "scheduler", "rng"}
+    resumed.unlink()
+
+    import ggn.detector.train as train_mod
+    loaded_states = []
+    original = torch.optim.SGD.load_state_dict
+
+    def spy(self, state):  # record what the resumed run restores
+        loaded_states.append(state)
+        return original(self, state)
+
+    torch.optim.SGD.load_state_dict = spy
+    try:
+        assert _train(tiny_coco, resumed, 2) == 0
+    finally:
+        torch.optim.SGD.load_state_dict = original
+    assert train_mod is not None and len(loaded_states) == 1
+    saved_momenta = [s["momentum_buffer"] for s in after_one["optimizer"]["state"].values()]
+    restored = [s["momentum_buffer"] for s in loaded_states[0]["state"].values()]
+    assert len(saved_momenta) > 0 and all(torch.equal(a, b) for a, b in zip(saved_momenta, restored))
+    epochs_logged = [r["epoch"] for r in map(json.loads, (resumed.parent / "train_log.jsonl").read_text().splitlines())
+                     if "mean" in r]
+    assert epochs_logged == [1, 2]
+    a = torch.load(straight, weights_only=True)["model"]
+    b = torch.load(resumed, weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    assert sorted(p.name for p in (resumed.parent / "epochs").iterdir()) == ["epoch_001.pt"]
+
+
+def test_load_detector_round_trip(tiny_coco, tmp_path):
+    torch.manual_seed(0)
+    config = detector_config(**TINY_MODEL)
+    model = build_detector(config)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "config": config}, path)
+    loaded, cfg = load_detector(path)
+    assert cfg == config and not loaded.training
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(InputError, match="detector checkpoint"):
+        torch.save({"weights": 1}, path)
+        load_detector(path)
