@@ -1,9 +1,10 @@
 """Benchmark of `ggn merge`: streaming merge vs loading every shard at once, and per-image store lookups.
 
 Prints, side by side and measured in the same run (each variant in a fresh process, so peak RSS is its own):
-- wall time and peak resident memory of the streaming merge (ours) and of a load-everything baseline
-  (read all shards into one table, filter, sort, top-k, build the whole JSON in memory), for 2 and 8
-  shards of the same size: ours should stay flat as shards are added, the baseline grows;
+- wall time and peak resident memory of the streaming merge (ours, JSON only) and of a load-everything
+  baseline (read all shards into one table, filter, sort, top-k, build the whole JSON in memory), for
+  2 and 8 shards of the same size: ours should stay flat as shards are added, the baseline grows;
+  then ours again with the parquet store written as well ("+store");
 - reading one image's pseudo-GT from the parquet store (PseudoStore.annotations_for) against the
   baseline of loading pseudo_gt.json and indexing it.
 
@@ -110,10 +111,28 @@ def lookups_json(out, ids):
     return n, time.perf_counter() - t0
 
 
+def _same_annotations(a: Path, b: Path) -> bool:
+    """Same kept candidates (ids aside: the streaming merge numbers them in shard order, not by image)."""
+    def key(path):
+        coco = json.loads(path.read_text())
+        anns = [{k: v for k, v in ann.items() if k != "id"} for ann in coco["annotations"]]
+        return coco["images"], sorted(anns, key=lambda x: json.dumps(x, sort_keys=True))
+    return key(a) == key(b)
+
+
 def _child(queue, fn, args):
     t0 = time.perf_counter()
     result = fn(*args)
-    queue.put((result, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    queue.put((result, time.perf_counter() - t0, _peak_rss_mib()))
+
+
+def _peak_rss_mib() -> float:
+    # VmHWM is the high-water mark of this process image only; ru_maxrss would carry over the RSS of
+    # the parent that forked it (spawn forks, then execs).
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(fn, *args):
@@ -135,17 +154,20 @@ def main() -> None:
     print("bench_merge (timings on a shared machine; peak RSS includes the Python/pyarrow baseline of each process)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        print(f"{'shards':>6} {'rows':>8} | {'streaming s':>11} {'MiB':>6} | {'load-all s':>10} {'MiB':>6} | kept")
+        print(f"{'shards':>6} {'rows':>8} | {'streaming s':>11} {'MiB':>6} | {'load-all s':>10} {'MiB':>6} | "
+              f"{'+store s':>13} {'MiB':>6} | kept")
         for num_shards in (2, 8):
             d = root / f"s{num_shards}"
             d.mkdir()
             paths, ann = make_shards(d, num_shards, args.images_per_shard, args.candidates)
             rows = num_shards * args.images_per_shard * args.candidates
-            kept_s, t_s, m_s = measure(streaming, paths, ann, d / "stream.json", d / "store")
+            kept_s, t_s, m_s = measure(streaming, paths, ann, d / "stream.json", None)
             kept_b, t_b, m_b = measure(load_everything, paths, ann, d / "base.json", None)
-            assert kept_s == kept_b, (kept_s, kept_b)
-            assert json.loads((d / "stream.json").read_text()) == json.loads((d / "base.json").read_text())
-            print(f"{num_shards:>6} {rows:>8} | {t_s:>11.2f} {m_s:>6.0f} | {t_b:>10.2f} {m_b:>6.0f} | {kept_s}")
+            kept_st, t_st, m_st = measure(streaming, paths, ann, d / "store.json", d / "store")
+            assert kept_s == kept_b == kept_st, (kept_s, kept_b, kept_st)
+            assert _same_annotations(d / "stream.json", d / "base.json")
+            print(f"{num_shards:>6} {rows:>8} | {t_s:>11.2f} {m_s:>6.0f} | {t_b:>10.2f} {m_b:>6.0f} | "
+                  f"{t_st:>13.2f} {m_st:>6.0f} | {kept_s}")
         ids = np.random.default_rng(1).integers(1, 8 * args.images_per_shard + 1, 200).tolist()
         (n_s, t_s), _, m_s = measure(lookups_store, d / "store", ids)
         (n_j, t_j), _, m_j = measure(lookups_json, d / "stream.json", ids)

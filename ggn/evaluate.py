@@ -31,7 +31,7 @@ def metric_names() -> list[str]:
     return [f"AR@{k}" for k in MAX_DETS] + [f"AR_{a[0]}@{SIZE_BUDGET}" for a in AREA_LABELS[1:]]
 
 
-def _ann_ids_valid(anns: list[dict]) -> int:
+def _count_bad_ids(anns: list[dict]) -> int:
     """Number of annotations whose id COCOeval cannot use as a match marker (0, missing, duplicate)."""
     seen, bad = set(), 0
     for a in anns:
@@ -50,17 +50,21 @@ def _load_gt(gt: dict | str | os.PathLike) -> dict:
 
 
 def _load_detections(detections: list | str | os.PathLike) -> list:
+    """The detections as a list of dicts this module may modify (copies if the caller passed them)."""
     if isinstance(detections, (str, os.PathLike)):
         detections = read_json(detections, "detections")
-        where = "detections file"
+        owned = True
     else:
-        where = "detections"
+        owned = False
     if not isinstance(detections, list):
-        raise InputError(f"{where} must be a JSON list of COCO results (image_id, bbox, segmentation, score)")
+        raise InputError("detections must be a JSON list of COCO results (image_id, bbox, segmentation, score)")
+    if not owned:
+        detections = [dict(d) if isinstance(d, dict) else d for d in detections]
     return detections
 
 
-def _prepare_gt(data: dict, source: str, need_segm: bool) -> tuple[list[dict], dict[int, list[dict]], dict[int, dict]]:
+def _prepare_gt(data: dict, source: str,
+                need_segm: bool) -> tuple[list[dict], dict[int, list[dict]], dict[int, dict]]:
     """Class-agnostic copies of the ground truth, per image in pycocotools' useCats=0 order."""
     for key in ("images", "annotations"):
         if key not in data:
@@ -70,9 +74,10 @@ def _prepare_gt(data: dict, source: str, need_segm: bool) -> tuple[list[dict], d
         try:
             images[int(img["id"])] = {"id": int(img["id"]), "height": int(img["height"]), "width": int(img["width"])}
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"{source}: every image needs integer 'id', 'height' and 'width' (got {img!r:.200})") from None
+            raise InputError(f"{source}: every image needs integer 'id', 'height' and 'width' "
+                             f"(got {img!r:.200})") from None
     anns = data["annotations"]
-    bad = _ann_ids_valid(anns)
+    bad = _count_bad_ids(anns)
     if bad:
         log.warning("%s: %d annotation ids are 0, missing or duplicated; renumbering all from 1", source, bad)
     # COCOeval with useCats=0 visits ground truth category by category; keep that order so that
@@ -106,29 +111,29 @@ def _prepare_gt(data: dict, source: str, need_segm: bool) -> tuple[list[dict], d
 
 
 def _prepare_detections(dets: list, images: dict[int, dict], iou_types) -> dict[int, list[dict]]:
+    """Detections grouped per image in file order, made class-agnostic (category 1) in place."""
     per_image: dict[int, list[dict]] = defaultdict(list)
     need_segm = "segm" in iou_types
     missing_images = 0
     for d in dets:
-        if not isinstance(d, dict) or "image_id" not in d or "score" not in d:
-            raise InputError(f"detection {d!r:.200} needs 'image_id' and 'score' (COCO results format)")
-        if d["image_id"] not in images:
+        try:
+            image_id = d["image_id"]
+            d["score"]
+        except (KeyError, TypeError):
+            raise InputError(f"detection {d!r:.200} needs 'image_id' and 'score' (COCO results format)") from None
+        if image_id not in images:
             missing_images += 1
             continue
-        c = {"image_id": d["image_id"], "category_id": 1, "score": float(d["score"])}
-        if "segmentation" in d:
-            c["segmentation"] = d["segmentation"]
-        elif need_segm:
+        if "bbox" not in d and "segmentation" not in d:
+            raise InputError(f"detection {d!r:.200} has neither 'bbox' nor 'segmentation'")
+        if need_segm and "segmentation" not in d:
             raise InputError("detections have no 'segmentation' but segm evaluation was asked for; "
                              "pass --iou-types bbox or write masks")
-        if "bbox" in d:
-            c["bbox"] = [float(v) for v in d["bbox"]]
-        elif "segmentation" in d:
-            img = images[d["image_id"]]
-            c["bbox"] = mask_utils.toBbox(ann_to_rle(d["segmentation"], img["height"], img["width"])).tolist()
-        else:
-            raise InputError(f"detection {d!r:.200} has neither 'bbox' nor 'segmentation'")
-        per_image[c["image_id"]].append(c)
+        if "bbox" not in d:
+            img = images[image_id]
+            d["bbox"] = mask_utils.toBbox(ann_to_rle(d["segmentation"], img["height"], img["width"])).tolist()
+        d["category_id"] = 1
+        per_image[image_id].append(d)
     if missing_images:
         raise InputError(f"{missing_images} detections refer to images that are not in the ground truth; "
                          "are the detections and --gt from the same evaluation set?")
@@ -139,7 +144,15 @@ def _regions(anns: list[dict], iou_type: str, img: dict) -> list:
     if iou_type == "bbox":
         return [a["bbox"] for a in anns]
     h, w = img["height"], img["width"]
-    return [ann_to_rle(a["segmentation"], h, w) for a in anns]
+    out = []
+    for a in anns:
+        seg = a["segmentation"]
+        # Compressed RLE goes to pycocotools as it is; polygons and uncompressed RLE are converted.
+        if isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes)):
+            out.append(seg)
+        else:
+            out.append(ann_to_rle(seg, h, w))
+    return out
 
 
 def _seen_matches(dets: list[dict], gts: list[dict], iou_type: str, img: dict) -> list[int]:
@@ -152,14 +165,11 @@ def _seen_matches(dets: list[dict], gts: list[dict], iou_type: str, img: dict) -
     # Stable sort puts regular (unseen, non-crowd) objects first, as COCOeval does.
     gts = sorted(gts, key=lambda g: int(g["seen"] or g["iscrowd"]))
     crowd = [g["iscrowd"] for g in gts]
-    seen_cols = [j for j, g in enumerate(gts) if g["seen"]]
-    det_regions = _regions(dets, iou_type, img)
-    gt_regions = _regions(gts, iou_type, img)
-    seen_iou = np.asarray(mask_utils.iou(det_regions, [gt_regions[j] for j in seen_cols],
-                                         [crowd[j] for j in seen_cols]))
-    if seen_iou.size == 0 or not (seen_iou >= SEEN_MATCH_IOU).any():
-        return []  # nothing can match a seen object: the common case, and cheap
-    ious = np.asarray(mask_utils.iou(det_regions, gt_regions, crowd)).reshape(len(dets), len(gts))
+    ious = np.asarray(mask_utils.iou(_regions(dets, iou_type, img), _regions(gts, iou_type, img), crowd))
+    ious = ious.reshape(len(dets), len(gts))
+    seen = np.array([g["seen"] for g in gts], bool)
+    if not (ious[:, seen] >= SEEN_MATCH_IOU).any():
+        return []  # nothing can match a seen object: the common case
     ignore = [int(g["seen"] or g["iscrowd"]) for g in gts]
     matched = np.zeros(len(gts), bool)
     removed = []
@@ -184,20 +194,24 @@ def _seen_matches(dets: list[dict], gts: list[dict], iou_type: str, img: dict) -
 
 
 def _budget_detections(gt_per_image, det_per_image, images, iou_type: str) -> tuple[list[dict], int]:
-    """Each image's top max(k) detections minus those matched to seen-class objects."""
+    """Each image's top max(k) detections minus those matched to seen-class objects.
+
+    The dicts are shared between IoU types: loadRes rewrites the same id/area/iscrowd into them.
+    """
     kept, dropped = [], 0
     max_det = MAX_DETS[-1]
     for image_id, dets in det_per_image.items():
-        order = np.argsort([-d["score"] for d in dets], kind="mergesort")[:max_det]
-        dets = [dets[i] for i in order]
-        gts = gt_per_image.get(image_id, [])
-        if any(g["seen"] for g in gts):
+        if len(dets) > 1:
+            order = np.argsort([-d["score"] for d in dets], kind="mergesort")[:max_det]
+            dets = [dets[i] for i in order]
+        gts = gt_per_image.get(image_id)
+        if gts and any(g["seen"] for g in gts):
             removed = _seen_matches(dets, gts, iou_type, images[image_id])
             if removed:
                 dropped += len(removed)
                 gone = set(removed)
                 dets = [d for i, d in enumerate(dets) if i not in gone]
-        kept.extend(dict(d) for d in dets)  # copies: loadRes writes id/area into them
+        kept.extend(dets)
     return kept, dropped
 
 
@@ -227,6 +241,11 @@ def evaluate(gt: dict | str | os.PathLike, detections: list | str | os.PathLike,
     Seen-class ground truth (`ignored_split` 1) is ignored, and detections matched to it at IoU 0.5
     are removed before each image's top-k cut, so they do not use up the budget k. A metric whose
     ground truth is empty (e.g. no large unseen objects) is -1, as in COCOeval.
+
+    AR@k equals OLN's COCOEvalXclassWrapper (checked against a pycocotools re-statement in
+    tests). One simplification: which detections match seen objects is decided once, over all
+    object sizes; OLN re-matches per size range (objects outside the range turn into ignore
+    regions), which in rare cases changes AR_s/m/l@100 slightly.
     """
     from faster_coco_eval import COCO, COCOeval_faster
 

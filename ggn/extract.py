@@ -323,6 +323,12 @@ def extract_shard(checkpoint: str | os.PathLike, annotations: str | os.PathLike,
     propose_params = dict(propose_params or {})
     if batch_size < 1 or flush_every < 1 or top_k < 1:
         raise InputError("--batch-size, --flush-every and --top-k must be >= 1")
+    import pa_lib
+
+    unknown = sorted(set(propose_params) - set(pa_lib.DEFAULTS))
+    if unknown:
+        raise InputError(f"--propose-params {unknown} are not parameters of pa_lib.propose; "
+                         f"choose from {sorted(pa_lib.DEFAULTS)}")
     if out.exists():
         shutil.rmtree(parts_dir_for(out), ignore_errors=True)  # left over from a kill after the rename
         log.info("%s already exists; nothing to do (delete it to extract again)", out)

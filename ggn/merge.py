@@ -372,10 +372,11 @@ def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike
     finally:
         progress.close()
 
-    log.info("read %d candidates of %d images from %d shards", counts.candidates_read,
+    log.info("read %d candidates of %d images (those with any candidate) from %d shards", counts.candidates_read,
              counts.images_in_shards, len(shard_paths))
-    log.info("removed: %d with gt_iou >= %s, %d with score < %s, %d beyond top-%d per image",
-             counts.removed_by_gt_iou, gt_iou_max, counts.removed_by_score, min_score,
+    log.info("removed: %d with gt_iou >= %s, %s, %d beyond top-%d per image",
+             counts.removed_by_gt_iou, gt_iou_max,
+             "no score threshold" if min_score is None else f"{counts.removed_by_score} with score < {min_score}",
              counts.removed_by_top_k, top_k)
     log.info("kept %d pseudo-GT annotations on %d of %d training images",
              counts.kept, counts.images_with_pseudo_gt, len(images))

@@ -127,3 +127,124 @@ def tree_nms(const cnp.int64_t[:] order, const double[:] area, const cnp.int64_t
                 kv[n_kept] = c
                 n_kept += 1
     return kept[:n_kept]
+
+
+def seeded_watershed(const cnp.uint16_t[:, :] level, const cnp.int64_t[:, :] markers, Py_ssize_t n_levels):
+    """Flooding watershed on a 4-connected grid from labelled markers (> 0) over quantised levels.
+
+    A bucket queue with one FIFO per level floods from the markers: each pixel takes the label of
+    the pixel that reached it first at the lowest level, ties on plateaus going to the nearest
+    marker. Returns int64 [H,W] labels (every pixel reachable from a marker gets one).
+    """
+    cdef Py_ssize_t h = level.shape[0], w = level.shape[1], n = h * w
+    out = np.empty((h, w), dtype=np.int64)
+    cdef cnp.int64_t[:, :] lab = out
+    cdef cnp.int64_t[:] nxt = np.full(n, -1, dtype=np.int64)
+    cdef cnp.int64_t[:] head = np.full(n_levels, -1, dtype=np.int64)
+    cdef cnp.int64_t[:] tail = np.full(n_levels, -1, dtype=np.int64)
+    cdef Py_ssize_t i, j, p, q, cur, lv, k, qi, qj
+    cdef cnp.int64_t lp
+    with nogil:
+        for i in range(h):
+            for j in range(w):
+                lab[i, j] = markers[i, j]
+        for i in range(h):
+            for j in range(w):
+                if lab[i, j] > 0:
+                    p = i * w + j
+                    lv = level[i, j]
+                    if tail[lv] == -1:
+                        head[lv] = p
+                    else:
+                        nxt[tail[lv]] = p
+                    tail[lv] = p
+        cur = 0
+        while cur < n_levels:
+            p = head[cur]
+            if p == -1:
+                cur += 1
+                continue
+            head[cur] = nxt[p]
+            if head[cur] == -1:
+                tail[cur] = -1
+            i = p // w
+            j = p - i * w
+            lp = lab[i, j]
+            for k in range(4):
+                qi = i
+                qj = j
+                if k == 0:
+                    qi = i - 1
+                elif k == 1:
+                    qi = i + 1
+                elif k == 2:
+                    qj = j - 1
+                else:
+                    qj = j + 1
+                if qi < 0 or qi >= h or qj < 0 or qj >= w or lab[qi, qj] != 0:
+                    continue
+                lab[qi, qj] = lp
+                q = qi * w + qj
+                lv = level[qi, qj]
+                if lv < cur:
+                    lv = cur
+                nxt[q] = -1
+                if tail[lv] == -1:
+                    head[lv] = q
+                else:
+                    nxt[tail[lv]] = q
+                tail[lv] = q
+    return out
+
+
+def structure_tensor_at(const float[:, :] smoothed, const cnp.int64_t[:] rows, const cnp.int64_t[:] cols,
+                        Py_ssize_t radius):
+    """Doubled-angle unit vectors (cos 2t, sin 2t) of the structure tensor at the given pixels.
+
+    Gradients are central differences of ``smoothed`` (zero on the image edge); the tensor sums
+    their products over the (2 radius + 1)^2 box around each queried pixel, clipped to the image.
+    Returns float64 arrays c, s of len(rows).
+    """
+    cdef Py_ssize_t h = smoothed.shape[0], w = smoothed.shape[1], m = rows.shape[0]
+    c_out = np.empty(m, dtype=np.float64)
+    s_out = np.empty(m, dtype=np.float64)
+    cdef double[:] co = c_out
+    cdef double[:] so = s_out
+    cdef Py_ssize_t k, i, j, i0, i1, j0, j1
+    cdef double gx, gy, jxx, jyy, jxy, c, s, norm
+    with nogil:
+        for k in range(m):
+            i0 = rows[k] - radius
+            if i0 < 0:
+                i0 = 0
+            i1 = rows[k] + radius + 1
+            if i1 > h:
+                i1 = h
+            j0 = cols[k] - radius
+            if j0 < 0:
+                j0 = 0
+            j1 = cols[k] + radius + 1
+            if j1 > w:
+                j1 = w
+            jxx = 0.0
+            jyy = 0.0
+            jxy = 0.0
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    if i > 0 and i + 1 < h:
+                        gy = smoothed[i + 1, j] - smoothed[i - 1, j]
+                    else:
+                        gy = 0.0
+                    if j > 0 and j + 1 < w:
+                        gx = smoothed[i, j + 1] - smoothed[i, j - 1]
+                    else:
+                        gx = 0.0
+                    jxx += gx * gx
+                    jyy += gy * gy
+                    jxy += gx * gy
+            c = jxx - jyy
+            s = 2.0 * jxy
+            norm = (c * c + s * s) ** 0.5 + 1e-12
+            co[k] = c / norm
+            so[k] = s / norm
+    return c_out, s_out

@@ -23,7 +23,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 from scipy import ndimage as ndi
 
-from . import tree_stats
+from . import _kernels, tree_stats
 
 RANKINGS = ("boundary_minus_interior", "outer_boundary", "interior", "ncut")
 
@@ -66,7 +66,13 @@ def _grid(shape: tuple[int, int]):
     return graph, src.astype(np.int64), dst.astype(np.int64)
 
 
-def oversegment(potential: np.ndarray, footprint: int = 20, marker_threshold: float = 0.0, seed_threshold=0.5):
+WATERSHED_LEVELS = 1024  # quantisation of the boundary map for the compiled bucket-queue watershed
+DENSE_EIGEN_MAX = 200  # region graphs up to this size use a dense eigensolver, larger ones shift-invert Lanczos
+
+
+def oversegment(
+    potential: np.ndarray, footprint: int = 20, marker_threshold: float = 0.0, seed_threshold=0.5, use_kernels=True
+):
     """int64 [H,W] superpixel index 0..R-1 (seeded watershed from potential maxima) and R; (None, 0) without markers.
 
     Markers are the maxima of the potential over a ``footprint`` window (as the reference). A
@@ -89,6 +95,10 @@ def oversegment(potential: np.ndarray, footprint: int = 20, marker_threshold: fl
             n += int(new_ids.max())
     if n == 0:
         return None, 0
+    if use_kernels:
+        levels = np.round((1.0 - potential) * (WATERSHED_LEVELS - 1)).astype(np.uint16)
+        labels = _kernels.seeded_watershed(levels, markers.astype(np.int64), WATERSHED_LEVELS)
+        return labels - 1, n
     graph, src, dst = _grid(potential.shape)
     boundary = 1.0 - potential.ravel()
     # Flooding from the maxima: a pixel pair is as high as its higher boundary value.
@@ -97,26 +107,43 @@ def oversegment(potential: np.ndarray, footprint: int = 20, marker_threshold: fl
     return (np.asarray(labels, np.int64) - 1).reshape(potential.shape), n
 
 
-def _doubled_angle(image: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """Unit doubled-angle vectors (cos 2t, sin 2t) of the dominant local orientation t (structure tensor)."""
-    g = ndi.gaussian_filter(image, sigma, truncate=2.5)
-    gy = np.zeros_like(g)
-    gx = np.zeros_like(g)
+def _doubled_angle_at(image: np.ndarray, sigma: float, rows: np.ndarray, cols: np.ndarray, use_kernels: bool = True):
+    """Unit doubled-angle vectors (cos 2t, sin 2t) of the dominant orientation t at the given pixels.
+
+    Structure tensor: central-difference gradients of the Gaussian-smoothed image, their products
+    summed over the (2 ceil(2 sigma) + 1)^2 box around each queried pixel. Only the queried pixels
+    (contour pixels) are evaluated: in the kernel directly, in NumPy through integral images.
+    """
+    g = ndi.gaussian_filter(image.astype(np.float32), sigma, truncate=2.5)
+    r = max(int(np.ceil(2 * sigma)), 1)
+    if use_kernels:
+        return _kernels.structure_tensor_at(g, rows.astype(np.int64), cols.astype(np.int64), r)
+    gy = np.zeros(g.shape, np.float64)
+    gx = np.zeros(g.shape, np.float64)
     gy[1:-1] = g[2:] - g[:-2]
     gx[:, 1:-1] = g[:, 2:] - g[:, :-2]
-    jxx = ndi.gaussian_filter(gx * gx, sigma, truncate=2.5)
-    jyy = ndi.gaussian_filter(gy * gy, sigma, truncate=2.5)
-    jxy = ndi.gaussian_filter(gx * gy, sigma, truncate=2.5)
-    c = jxx - jyy
-    s = 2.0 * jxy
+    h, w = g.shape
+    i0, i1 = np.maximum(rows - r, 0), np.minimum(rows + r + 1, h)
+    j0, j1 = np.maximum(cols - r, 0), np.minimum(cols + r + 1, w)
+
+    def box_sum(x):
+        integral = np.zeros((h + 1, w + 1))
+        np.cumsum(np.cumsum(x, 0), 1, out=integral[1:, 1:])
+        return integral[i1, j1] - integral[i0, j1] - integral[i1, j0] + integral[i0, j0]
+
+    c = box_sum(gx * gx) - box_sum(gy * gy)
+    s = 2.0 * box_sum(gx * gy)
     norm = np.sqrt(c * c + s * s) + 1e-12
     return c / norm, s / norm
 
 
-def orientation_agreement(boundary: np.ndarray, contour: np.ndarray, sigma: float) -> np.ndarray:
-    """float32 [H,W] |cos| of the angle between the boundary map's and the contour map's local orientations."""
-    c1, s1 = _doubled_angle(boundary, sigma)
-    c2, s2 = _doubled_angle(contour, sigma)
+def orientation_agreement(
+    boundary: np.ndarray, contour: np.ndarray, sigma: float, pixels: np.ndarray, use_kernels: bool = True
+) -> np.ndarray:
+    """|cos| of the angle between the local orientations of the boundary map and the contour map at flat ``pixels``."""
+    rows, cols = np.divmod(pixels, boundary.shape[1])
+    c1, s1 = _doubled_angle_at(boundary, sigma, rows, cols, use_kernels)
+    c2, s2 = _doubled_angle_at(contour, sigma, rows, cols, use_kernels)
     # |cos(t1 - t2)| = sqrt((1 + cos(2 t1 - 2 t2)) / 2)
     return np.sqrt(np.clip(0.5 * (1.0 + c1 * c2 + s1 * s2), 0.0, 1.0))
 
@@ -137,7 +164,7 @@ def spectral_boundary(
     deg = np.bincount(rag_u, cross_affinity, n_regions) + np.bincount(rag_v, cross_affinity, n_regions)
     inv_sqrt = 1.0 / np.sqrt(mass)
     w_norm = cross_affinity * inv_sqrt[rag_u] * inv_sqrt[rag_v]
-    if n_regions <= 800:
+    if n_regions <= DENSE_EIGEN_MAX:
         a = np.zeros((n_regions, n_regions))
         a[rag_u, rag_v] = -w_norm
         a[rag_v, rag_u] = -w_norm
@@ -203,24 +230,21 @@ def score_masks(potential: np.ndarray, masks: np.ndarray, ranking: str = "bounda
     p = np.asarray(potential, np.float64)
     m = np.asarray(masks, bool)
     inner, outer = ring_masks(m)
-    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
     pv = p.ravel()
-    return _ring_scores(
-        ranking,
-        flat(m).sum(1).astype(np.float64),
-        flat(m) @ pv,
-        flat(inner) @ pv,
-        flat(inner).sum(1).astype(np.float64),
-        flat(outer) @ pv,
-        flat(outer).sum(1).astype(np.float64),
-    )
+
+    def sums(x):
+        x = x.reshape(len(x), -1)
+        return np.where(x, pv, 0.0).sum(1), x.sum(1).astype(np.float64)
+
+    (sum_p, area), (inner_sum, inner_cnt), (outer_sum, outer_cnt) = sums(m), sums(inner), sums(outer)
+    return _ring_scores(ranking, area, sum_p, inner_sum, inner_cnt, outer_sum, outer_cnt)
 
 
 def nms_masks(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.2, top_k: int | None = None) -> np.ndarray:
     """Indices kept by greedy mask NMS (best score first) for arbitrary masks; the generic path."""
-    m = np.asarray(masks, bool).reshape(len(masks), -1).astype(np.float32)
+    m = np.asarray(masks, bool).reshape(len(masks), -1)
     order = np.argsort(-np.asarray(scores), kind="stable")
-    inter = m @ m.T
+    inter = np.array([np.count_nonzero(m & row, axis=1) for row in m]).reshape(len(m), len(m))
     area = np.diag(inter)
     iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1.0)
     kept: list[int] = []
@@ -259,7 +283,7 @@ def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
     """Over-segment, weight region boundaries, merge by average linkage and accumulate node statistics."""
     p = {**DEFAULTS, **params}
     h, w = potential.shape
-    labels, n_regions = oversegment(potential, p["footprint"], p["marker_threshold"], p["seed_threshold"])
+    labels, n_regions = oversegment(potential, p["footprint"], p["marker_threshold"], p["seed_threshold"], p["use_kernels"])
     if n_regions < 2:
         return None
     _, src, dst = _grid(potential.shape)
@@ -279,8 +303,10 @@ def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
         contour = np.zeros(h * w, np.float32)
         contour[es] = 1.0
         contour[ed] = 1.0
-        agree = orientation_agreement(boundary, contour.reshape(h, w), p["orientation_sigma"]).ravel()
-        local = local * 0.5 * (agree[es] + agree[ed])
+        agree = orientation_agreement(
+            boundary, contour.reshape(h, w), p["orientation_sigma"], np.concatenate([es, ed]), p["use_kernels"]
+        )
+        local = local * 0.5 * (agree[: len(es)] + agree[len(es):])
     weight = np.bincount(edge_of_cross, local) / length
     area_leaf = np.bincount(flat, minlength=n_regions).astype(np.float64)
     gw = float(p["globalization"] or 0.0)

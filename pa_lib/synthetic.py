@@ -89,22 +89,41 @@ def potential_from_labels(
     return np.clip(potential, 0.0, 1.0).astype(np.float32)
 
 
+def _intersections(masks: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """int64 [len(masks), len(others)] pixel counts of pairwise intersections (bool masks).
+
+    Plain boolean counting: float matrix products on huge, thin mask matrices are slow in some
+    BLAS builds when many threads compete for few cores.
+    """
+    a = masks.reshape(len(masks), -1)
+    b = others.reshape(len(others), -1)
+    return np.array([np.count_nonzero(b & row, axis=1) for row in a], np.int64).reshape(len(a), len(b))
+
+
 def best_ious(masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
     """float [G]: for each ground-truth mask, its best IoU with any of ``masks`` (0 when there are none)."""
     if len(gt_masks) == 0:
         return np.zeros(0)
     if len(masks) == 0:
         return np.zeros(len(gt_masks))
-    m = masks.reshape(len(masks), -1).astype(np.float32)
-    g = gt_masks.reshape(len(gt_masks), -1).astype(np.float32)
-    inter = g @ m.T
-    union = g.sum(1)[:, None] + m.sum(1)[None, :] - inter
-    return (inter / np.maximum(union, 1.0)).max(1)
+    masks, gt_masks = np.asarray(masks, bool), np.asarray(gt_masks, bool)
+    inter = _intersections(gt_masks, masks)
+    area_g = gt_masks.reshape(len(gt_masks), -1).sum(1)
+    area_m = masks.reshape(len(masks), -1).sum(1)
+    union = area_g[:, None] + area_m[None, :] - inter
+    return (inter / np.maximum(union, 1)).max(1)
 
 
 def recall(masks: np.ndarray, labels: np.ndarray, iou: float = 0.5) -> tuple[int, int]:
     """(instances recovered at IoU >= ``iou`` by some mask, number of instances) for a label map."""
     ids = np.unique(labels)
     ids = ids[ids > 0]
-    gt = labels[None] == ids[:, None, None]
-    return int((best_ious(masks, gt) >= iou).sum()), len(ids)
+    if len(ids) == 0:
+        return 0, 0
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=ids.max() + 1)
+    best = np.zeros(ids.max() + 1)
+    for m in np.asarray(masks, bool).reshape(len(masks), labels.size):
+        inter = np.bincount(flat[m], minlength=ids.max() + 1)
+        best = np.maximum(best, inter / np.maximum(area + m.sum() - inter, 1))
+    return int((best[ids] >= iou).sum()), len(ids)

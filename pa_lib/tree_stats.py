@@ -27,7 +27,8 @@ def leaf_intervals(tree: hg.Tree) -> tuple[np.ndarray, np.ndarray]:
     """
     n = tree.num_vertices()
     nl = tree.num_leaves()
-    size = hg.attribute_area(tree).astype(np.int64)
+    # Leaf counts, not pixel areas (attribute_area would use a RAG's pixel areas when the tree has one).
+    size = np.asarray(hg.accumulate_sequential(tree, np.ones(nl, np.int64), hg.Accumulators.sum), np.int64)
     start = [0] * n
     if n > nl:
         kids = children_of_binary_tree(tree).tolist()

@@ -82,6 +82,27 @@ def test_candidate_rows_drop_masks_that_vanish_and_keep_ranks_consecutive():
     assert all(v == [] for v in empty.values())
 
 
+def test_parts_record_done_images_even_without_candidates(tmp_path):
+    out = tmp_path / "shards" / "0-of-1.parquet"
+    parts = extract.ShardParts(out, "fp-a")
+    rows = candidate_rows(5, np.ones((1, 4, 4), bool), np.ones(1, np.float32), 4, 4, None)
+    parts.write(rows, [5, 6], {}, 1.5)                       # image 6 had no candidates
+    parts.write(candidate_rows(7, np.zeros((0, 4, 4), bool), np.zeros(0, np.float32), 4, 4, None),
+                [7, 8], {8: "unreadable image x.png"}, 0.5)  # no rows at all in this part
+    (parts.dir / ".part-000002.parquet.abc.tmp").write_bytes(b"torn write")
+    again = extract.ShardParts(out, "fp-a")
+    assert again.done == {5, 6, 7, 8} and again.skipped == {8: "unreadable image x.png"}
+    assert again.candidates == 1 and again.seconds == 2.0
+    assert not list(parts.dir.glob("*.tmp"))
+    with pytest.raises(InputError, match="delete .*parts to start this shard over"):
+        extract.ShardParts(out, "fp-b")
+    again.finalize({"shard": 0})
+    table = pq.read_table(out)
+    assert table.schema.equals(SHARD_SCHEMA, check_metadata=False)
+    assert table["image_id"].to_pylist() == [5] and table["bbox"].to_pylist() == [[0, 0, 4, 4]]
+    assert not parts.dir.exists()
+
+
 # ----------------------------------------------------------------------------------------------------
 # End to end on a real (randomly initialised) PA network and pa_lib.propose
 
@@ -158,8 +179,8 @@ def test_kill_resume_equals_uninterrupted_run(tmp_path, tiny_coco, pa_checkpoint
     with pytest.raises(InputError, match="another checkpoint, annotation file or settings"):
         _run(pa_checkpoint, ann, img_dir, out, top_k=5)
 
-    flushed = []
-    resumed = _run(pa_checkpoint, ann, img_dir, out, after_flush=flushed.append)
+    flushed = []  # resumed with grouping in a worker process: same rows as in-process grouping
+    resumed = _run(pa_checkpoint, ann, img_dir, out, after_flush=flushed.append, workers=1)
     assert len(flushed) == 3  # images 2, 3, 4 only: image 1 was not redone
     assert resumed["images_processed"] == 4 and resumed["candidates_written"] == table.num_rows
     assert _rows(out).equals(_rows(clean))
@@ -235,6 +256,8 @@ def test_missing_inputs_are_clear_errors(tmp_path, tiny_coco):
     ann, img_dir = tiny_coco
     with pytest.raises(InputError, match="checkpoint"):
         extract_shard(tmp_path / "none.pt", ann, img_dir, 0, 1, tmp_path / "o.parquet")
+    with pytest.raises(InputError, match=r"--propose-params \['bogus'\] are not parameters"):
+        extract_shard(tmp_path / "none.pt", ann, img_dir, 0, 1, tmp_path / "o.parquet", propose_params={"bogus": 1})
     (tmp_path / "c.pt").write_bytes(b"x")
     with pytest.raises(InputError, match="no 'images' list"):
         (tmp_path / "bad.json").write_text("{}")

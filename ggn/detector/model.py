@@ -129,13 +129,15 @@ def load_pretrained(model: nn.Module, path: str | Path) -> tuple[int, int]:
     return len(fitting), len(state) - len(fitting)
 
 
-def load_detector(path: str | Path, device: torch.device | str = "cpu") -> tuple[MaskRCNN, dict[str, Any]]:
-    """Detector checkpoint ({"model", "config"}) -> (model in eval mode on `device`, config)."""
+def load_detector(path: str | Path, device: torch.device | str = "cpu",
+                  overrides: dict[str, Any] | None = None) -> tuple[MaskRCNN, dict[str, Any]]:
+    """Detector checkpoint ({"model", "config"}) -> (model in eval mode on `device`, config).
+    `overrides` replace config values that do not change the weights (test-time settings, input size)."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise InputError(f"{path} is not a detector checkpoint (needs 'model' and 'config'); "
                          "use the --out file of `ggn train-detector`")
-    config = dict(ckpt["config"])
+    config = dict(ckpt["config"]) | dict(overrides or {})
     model = build_detector(config)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), config

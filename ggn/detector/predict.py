@@ -12,7 +12,7 @@ from torchvision.models.detection.transform import resize_boxes
 from tqdm import tqdm
 
 from ggn.coco_data import read_image
-from ggn.detector.model import load_detector
+from ggn.detector.model import DEFAULT_CONFIG, load_detector
 from ggn.io import InputError, atomic_write_json, pick_device, read_json
 from ggn.masks import encode_masks
 
@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--max-images", type=int, help="first N images only (smoke tests)")
+    p.add_argument("--max-detections", type=int, default=DEFAULT_CONFIG["box_detections_per_img"],
+                   help="detections kept per image after class-agnostic NMS (AR@k needs k or more)")
+    p.add_argument("--rpn-proposals", type=int, default=DEFAULT_CONFIG["rpn_post_nms_top_n_test"],
+                   help="RPN proposals per image (before and after RPN NMS) at test time")
+    p.add_argument("--nms", type=float, default=DEFAULT_CONFIG["box_nms_thresh"], help="class-agnostic NMS IoU")
 
 
 @torch.inference_mode()
@@ -65,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    model, config = load_detector(args.checkpoint, device)
+    # Cross-category test protocol (OLN): score threshold 0, NMS 0.7, up to 1500 detections per image.
+    test_settings = {"box_score_thresh": 0.0, "box_nms_thresh": args.nms,
+                     "box_detections_per_img": args.max_detections,
+                     "rpn_pre_nms_top_n_test": args.rpn_proposals, "rpn_post_nms_top_n_test": args.rpn_proposals}
+    model, config = load_detector(args.checkpoint, device, test_settings)
     coco = read_json(args.annotations, "annotation file")
     if not isinstance(coco, dict) or "images" not in coco:
         raise InputError(f"{args.annotations} has no 'images' list; pass a COCO annotation file (eval.json)")

@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the GPU per rank)")
     p.add_argument("--max-images", type=int, default=None, help="train on the first N images only")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
     p.add_argument("--log-every", type=int, default=10, help="iterations between loss log lines")
 
 
@@ -124,6 +125,8 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
     """
     if not args.train_json.is_file():
         raise InputError(f"--train-json {args.train_json} does not exist; run `ggn split` first")
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
     device, rank, world = dist.init_distributed(args.device)
     main = rank == 0
     config = pa_config_from_args(args)

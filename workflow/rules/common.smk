@@ -1,4 +1,5 @@
 # Config validation and every helper the rules use; rules themselves only wire files together.
+import json
 import re
 import shlex
 
@@ -74,6 +75,8 @@ def to_flags(options, skip=()):
         flag = f"--{name}"
         if isinstance(value, bool):
             parts.append(flag if value else f"--no-{name}")
+        elif isinstance(value, dict):
+            parts.append(f"{flag} {shlex.quote(json.dumps(value))}")
         elif isinstance(value, (list, tuple)):
             parts.append(f"{flag} {' '.join(shlex.quote(str(v)) for v in value)}")
         else:
