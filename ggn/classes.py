@@ -81,8 +81,16 @@ def _expand(item: str, file_names: list[str]) -> list[str]:
 
 
 def class_names(spec: str | list[str], categories: list[dict]) -> list[str]:
-    """A class spec (set name, comma-separated names, @file, or list of these) -> category names."""
+    """A class spec (set name, comma-separated names, @file, or list of these) -> category names.
+
+    `none` names no class; a leading `~` takes the complement within the file (`~@coco.txt`).
+    """
     file_names = [c["name"] for c in categories]
+    if isinstance(spec, str) and spec.strip() == "none":
+        return []
+    if isinstance(spec, str) and spec.strip().startswith("~"):
+        excluded = set(class_names(spec.strip()[1:], categories))
+        return [n for n in file_names if n not in excluded]
     items = [spec] if isinstance(spec, str) else list(spec)
     names: list[str] = []
     for item in items:
@@ -91,7 +99,8 @@ def class_names(spec: str | list[str], categories: list[dict]) -> list[str]:
     if unknown:
         raise InputError(
             f"unknown class name(s) {', '.join(map(repr, unknown))}; valid names in this file: "
-            f"{', '.join(file_names)}; or a set: {', '.join(NAMED_SETS)}; or @file with one name per line")
+            f"{', '.join(file_names)}; or a set: {', '.join(NAMED_SETS)}; or @file with one name per line "
+            "(none: no class; ~SPEC: every other class)")
     if not names:
         raise InputError(f"class spec {spec!r} names no classes")
     return list(dict.fromkeys(names))
@@ -102,8 +111,9 @@ def resolve_classes(spec: str | list[str], categories: list[dict]) -> set[int]:
 
     `spec` is a set name (all, coco, voc, nonvoc, person, nonperson, synthetic_seen,
     synthetic_unseen), comma-separated class names, `@path` to a file with one name per line
-    (# comments), or a list of any of these. Named sets are taken as far as the file has them;
-    an explicit name the file lacks is an error listing the valid names.
+    (# comments), or a list of any of these; `none` is the empty set and `~SPEC` the file's other
+    classes. Named sets are taken as far as the file has them; an explicit name the file lacks
+    is an error listing the valid names.
     """
     names = set(class_names(spec, categories))
     return {int(c["id"]) for c in categories if c["name"] in names}

@@ -95,26 +95,35 @@ def make_eval(data: dict, seen_ids: set[int], unseen_ids: set[int]) -> tuple[dic
 
 
 def split(train_src: dict, eval_src: dict, seen: str | list[str], unseen: str | list[str] | None = None,
-          train_path: str = "train annotations", eval_path: str = "eval annotations") -> tuple[dict, dict]:
-    """(train.json, eval.json) contents for a class split; class specs as in ggn.classes."""
+          train_path: str = "train annotations", eval_path: str = "eval annotations",
+          eval_seen: str | list[str] | None = None,
+          eval_unseen: str | list[str] | None = None) -> tuple[dict, dict]:
+    """(train.json, eval.json) contents for a class split; class specs as in ggn.classes.
+
+    `seen` is resolved in the training file; the evaluation file uses `eval_seen` (default `seen`)
+    and `eval_unseen` (default `unseen`, else every evaluation class not seen), by name, so the two
+    files may number (or even name) their categories differently.
+    """
     _check_coco(train_src, train_path)
     _check_coco(eval_src, eval_path)
-    # Resolve by name in each file: the two files may number their categories differently.
     seen_names = set(class_names(seen, train_src["categories"]))
-    eval_seen_names = set(class_names(seen, eval_src["categories"]))
-    if unseen is None:
+    eval_seen_names = set(class_names(seen if eval_seen is None else eval_seen, eval_src["categories"]))
+    if eval_unseen is None:
+        eval_unseen = unseen
+    if eval_unseen is None:
         unseen_names = {c["name"] for c in eval_src["categories"]} - eval_seen_names
     else:
-        unseen_names = set(class_names(unseen, eval_src["categories"]))
+        unseen_names = set(class_names(eval_unseen, eval_src["categories"]))
         overlap = unseen_names & eval_seen_names
         if overlap:
-            raise InputError(f"classes {', '.join(sorted(overlap))} are both seen and unseen; "
-                             "fix --seen/--unseen")
+            raise InputError(f"classes {', '.join(sorted(overlap))} are both seen and unseen in {eval_path}; "
+                             "fix --seen/--unseen (or --eval-seen/--eval-unseen)")
     seen_ids = {c["id"] for c in train_src["categories"] if c["name"] in seen_names}
     eval_seen_ids = {c["id"] for c in eval_src["categories"] if c["name"] in eval_seen_names}
     unseen_ids = {c["id"] for c in eval_src["categories"] if c["name"] in unseen_names}
-    log.info("seen classes (%d): %s", len(seen_names), ", ".join(sorted(seen_names)))
-    log.info("unseen classes (%d): %s", len(unseen_names), ", ".join(sorted(unseen_names)))
+    log.info("seen classes for training (%d): %s", len(seen_names), _short(seen_names))
+    log.info("seen classes in evaluation (%d): %s", len(eval_seen_names), _short(eval_seen_names))
+    log.info("unseen classes in evaluation (%d): %s", len(unseen_names), _short(unseen_names))
 
     train, tstats = make_train(train_src, seen_ids)
     renumber_ids(train["annotations"], train_path)
@@ -133,14 +142,27 @@ def split(train_src: dict, eval_src: dict, seen: str | list[str], unseen: str | 
     return train, ev
 
 
+def _short(names: set[str], limit: int = 30) -> str:
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-annotations", required=True, type=Path, help="source COCO file for training")
     parser.add_argument("--eval-annotations", required=True, type=Path, help="source COCO file for evaluation")
     parser.add_argument("--seen", required=True,
                         help="seen classes: a set (all, voc, nonvoc, person, nonperson, synthetic_seen, "
-                             "synthetic_unseen, coco), comma-separated names, or @file (one name per line)")
+                             "synthetic_unseen, coco), comma-separated names, @file (one name per line), "
+                             "'none', or '~SPEC' for the complement")
     parser.add_argument("--unseen", default=None,
-                        help="unseen classes, as --seen (default: every evaluation class not seen)")
+                        help="unseen classes, as --seen; unset: every evaluation class not seen")
+    parser.add_argument("--eval-seen", default=None,
+                        help="seen classes in the evaluation file's vocabulary when it differs from the "
+                             "training file's (LVIS, UVO); 'none': every evaluated object is unseen; "
+                             "unset: --seen. Any spec may be negated with a leading '~'")
+    parser.add_argument("--eval-unseen", default=None,
+                        help="unseen classes of the evaluation file; unset: --unseen, else every "
+                             "evaluation class not in --eval-seen")
     parser.add_argument("--train-out", required=True, type=Path, help="train.json to write")
     parser.add_argument("--eval-out", required=True, type=Path, help="eval.json to write")
 
@@ -149,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     train_src = read_json(args.train_annotations, "training annotations")
     eval_src = read_json(args.eval_annotations, "evaluation annotations")
     train, ev = split(train_src, eval_src, args.seen, args.unseen,
-                      str(args.train_annotations), str(args.eval_annotations))
+                      str(args.train_annotations), str(args.eval_annotations),
+                      eval_seen=args.eval_seen, eval_unseen=args.eval_unseen)
     atomic_write_json(args.train_out, train)
     atomic_write_json(args.eval_out, ev)
     log.info("wrote %s and %s", args.train_out, args.eval_out)

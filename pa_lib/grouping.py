@@ -9,8 +9,13 @@ mean thick-ring potential minus mean interior potential; region NMS at IoU 0.2; 
 
 Differences from the reference, for speed: the spectral problem is solved on the region adjacency
 graph of the superpixels (the Galerkin projection of the pixel problem onto piecewise-constant
-functions) instead of the pixel graph; orientations come from structure tensors; and per-candidate
-statistics are accumulated along the tree instead of drawing every candidate mask.
+functions) instead of the pixel graph; orientations come from structure tensors evaluated at
+contour pixels; the ring is counted on the thick 4-connected boundary exactly, but accumulated
+along the tree instead of drawing every candidate mask. Two additions, on by default because
+they raise recall on synthetic maps (0.936 -> 0.956 at 500x375, 5-20 objects) and switchable off
+(``PAPER_SETTINGS``): components of high potential without a window maximum get their own
+marker (``seed_threshold``), and candidates covering over half the image edge are dropped
+(``max_border_fraction``).
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ from . import _kernels, tree_stats
 
 RANKINGS = ("boundary_minus_interior", "outer_boundary", "interior", "ncut")
 
-# The paper's extraction settings (Generic-Grouping configs/pairwise_affinity/pa_extract.py).
+# The paper's extraction settings (Generic-Grouping configs/pairwise_affinity/pa_extract.py), plus
+# seed_threshold and max_border_fraction (see the module docstring; PAPER_SETTINGS turns them off).
 DEFAULTS = dict(
     footprint=20,  # local-maximum window (px) for watershed markers
     marker_threshold=0.0,  # markers only where potential > this x max potential ("edge_thresh")
@@ -43,8 +49,12 @@ DEFAULTS = dict(
     border_thresh=0.9,  # drop if pixels on the image edge > this x contour length; 0/None disables
     max_border_fraction=0.5,  # drop if the candidate covers more than this fraction of the image edge; None disables
     nms=0.2,  # region NMS IoU; 0/None disables
-    use_kernels=True,  # compiled kernels (True) or their NumPy twins (False); same results
+    use_kernels=True,  # compiled kernels (True) or NumPy/higra twins (False): same statistics and NMS;
+    # the higra watershed may break ties on plateaus differently, so superpixels can differ slightly
 )
+
+
+PAPER_SETTINGS = {**DEFAULTS, "seed_threshold": None, "max_border_fraction": None}
 
 
 def potential_from_affinity(affinity) -> np.ndarray:
@@ -78,7 +88,8 @@ def oversegment(
     Markers are the maxima of the potential over a ``footprint`` window (as the reference). A
     window maximum can sit in a neighbouring object, so a region thinner than the window gets no
     marker and is flooded by its neighbour; every connected component of potential >
-    ``seed_threshold`` that holds no marker is therefore added as a marker of its own.
+    ``seed_threshold`` that holds no marker and covers at least a quarter of the window is
+    therefore added as a marker of its own.
     """
     peaks = potential == ndi.maximum_filter(potential, size=max(int(footprint), 1), mode="nearest")
     peaks &= potential > marker_threshold * potential.max()
@@ -86,10 +97,11 @@ def oversegment(
     if seed_threshold is not None:
         comps, n_comps = ndi.label(potential > seed_threshold)
         if n_comps:
-            seeded = np.zeros(n_comps + 1, bool)
-            seeded[comps[peaks]] = True
-            seeded[0] = True
-            new_ids = np.cumsum(~seeded) * ~seeded
+            # Components under a quarter of a window are speckle, not objects: they stay unseeded.
+            skip = np.bincount(comps.ravel(), minlength=n_comps + 1) < max(int(footprint), 1) ** 2 // 4
+            skip[comps[peaks]] = True
+            skip[0] = True
+            new_ids = np.cumsum(~skip) * ~skip
             extra = new_ids[comps]
             markers = np.where(extra > 0, extra + n, markers)
             n += int(new_ids.max())

@@ -277,3 +277,22 @@ def test_ggn_dataset_reads_the_merge_store(tiny_coco, tmp_path):
         a, b = from_store[i][1], from_json[i][1]
         assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["boxes"], b["boxes"])
     assert len(from_store[0][1]["masks"]) == n_gt + n_pseudo
+
+
+def test_pretrained_resnet_weights_load_into_the_backbone(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    resnet = resnet18(weights=None)
+    path = tmp_path / "resnet18.pt"
+    torch.save(resnet.state_dict(), path)
+    from ggn.detector.model import load_pretrained
+
+    model = build_detector(detector_config(**TINY_MODEL))
+    loaded, skipped = load_pretrained(model, path)
+    assert skipped == 2  # the ImageNet classifier (fc.weight, fc.bias) has no place in the detector
+    assert loaded == len(resnet.state_dict()) - 2
+    assert torch.equal(model.backbone.body.layer3[0].conv1.weight, resnet.layer3[0].conv1.weight)
+    with pytest.raises(InputError, match="fits"):
+        torch.save({"something.else": torch.zeros(3)}, path)
+        load_pretrained(model, path)

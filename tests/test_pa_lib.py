@@ -197,6 +197,24 @@ def test_every_ranking_runs_and_finds_objects(ranking):
     assert found >= total - 1
 
 
+def test_paper_settings_run_and_find_objects():
+    labels, potential = _synthetic(96, 128, 4, seed=7)
+    masks, scores = pa_lib.propose(potential, **pa_lib.PAPER_SETTINGS)
+    assert pa_lib.PAPER_SETTINGS["seed_threshold"] is None and pa_lib.PAPER_SETTINGS["nms"] == 0.2
+    found, total = recall(masks, labels)
+    assert found >= total - 1
+
+
+def test_white_noise_gives_bounded_oversegmentation():
+    potential = np.random.default_rng(0).random((120, 160)).astype(np.float32)
+    segments, n = oversegment(potential, footprint=20, seed_threshold=0.5)
+    # Window maxima are at most one per 10x10 block (plus seeded components of >= 100 px).
+    assert 0 < n <= 2 * (120 // 10) * (160 // 10)
+    assert segments.min() == 0 and segments.max() == n - 1
+    masks, scores = pa_lib.propose(potential)
+    assert len(masks) == len(scores) <= 20
+
+
 def test_filters_apply():
     labels, potential = _synthetic(96, 128, 6, seed=6)
     masks, _ = pa_lib.propose(potential, min_size=600, max_size_fraction=0.05, nms=0)

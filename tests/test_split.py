@@ -125,3 +125,26 @@ def test_split_cli(tmp_path, caplog):
         cli_main(bad)
     assert list((tmp_path / "out").iterdir()) and not any(
         p.name.startswith(".") for p in (tmp_path / "out").iterdir())  # no temporary files left
+
+
+def test_complement_and_none_specs(tmp_path):
+    f = tmp_path / "coco_part.txt"
+    f.write_text("person\ntruck\n")
+    assert resolve_classes(f"~@{f}", CATS) == {2, 38, 44}
+    assert resolve_classes("~voc", CATS) == {8, 38, 44}
+    assert resolve_classes("none", CATS) == set()
+
+
+def test_split_with_other_eval_vocabulary():
+    """Training and evaluation files name classes differently (e.g. COCO -> LVIS/UVO)."""
+    eval_src = small_coco()
+    eval_src["categories"] = [{"id": c["id"], "name": c["name"].upper()} for c in CATS]
+    train, ev = split(small_coco(), eval_src, "voc", eval_seen="PERSON,BICYCLE")
+    assert len(train["annotations"]) == 3
+    assert [a["ignored_split"] for a in ev["annotations"]] == [1, 0, 1, 1, 0, 0, 0, 1]
+    _, ev = split(small_coco(), eval_src, "all", eval_seen="none")
+    assert [a["ignored_split"] for a in ev["annotations"]] == [0] * 8
+    _, ev = split(small_coco(), eval_src, "all", eval_seen="none", eval_unseen="KITE")
+    assert [(a["category_id"], a["ignored_split"]) for a in ev["annotations"]] == [(38, 0)]
+    with pytest.raises(InputError, match="none of its classes.*PERSON"):
+        split(small_coco(), eval_src, "voc")  # 'voc' names are not in the upper-case vocabulary

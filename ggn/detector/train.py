@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         start_epoch = state["epoch"] + 1
         log.info("resuming from %s at epoch %d", resume, start_epoch + 1)
     if world > 1:
+        if device.type == "cuda":  # a couple of images per GPU make per-process BN statistics too noisy
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     for epoch in range(start_epoch, args.epochs):

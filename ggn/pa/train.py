@@ -134,7 +134,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
     model = build_pa_model(config, pretrained=args.pretrained)
     if not args.pretrained and main:
         log.info("backbone %s starts from random initialisation (no --pretrained file given)", args.backbone)
-    if world > 1 and args.norm == "bn":
+    if world > 1 and args.norm == "bn" and device.type == "cuda":  # SyncBatchNorm is CUDA-only
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
 

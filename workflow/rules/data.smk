@@ -12,12 +12,12 @@ rule synth:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/synth.log",
-    threads: 1
+    threads: 2
     resources:
         mem_mb=2000,
         runtime=30,
     shell:
-        "ggn synth --out {params.out} {params.flags} > {log} 2>&1"
+        "ggn synth --out {params.out} --workers {threads} {params.flags} > {log} 2>&1"
 
 
 rule split:
