@@ -21,14 +21,23 @@ def _synthetic(height, width, num_objects, seed):
     return labels, potential_from_labels(labels, blur=1.0, noise=0.1, seed=seed)
 
 
-def _recall_over_maps(height, width, counts, seeds, **params):
-    found = total = 0
+def _recall_by_count(height, width, counts, seeds, **params):
+    """{object count: (found, total)} of the top-20 at IoU 0.5 over the given maps."""
+    out = {}
     for n in counts:
+        found = total = 0
         for seed in seeds:
             labels, potential = _synthetic(height, width, n, seed)
             masks, _ = pa_lib.propose(potential, top_k=20, **params)
             f, t = recall(masks, labels, iou=0.5)
             found, total = found + f, total + t
+        out[n] = (found, total)
+    return out
+
+
+def _recall_over_maps(height, width, counts, seeds, **params):
+    by_count = _recall_by_count(height, width, counts, seeds, **params)
+    found, total = sum(f for f, _ in by_count.values()), sum(t for _, t in by_count.values())
     return found / total, total
 
 
@@ -42,9 +51,13 @@ def test_quality_bar_on_synthetic_maps(params):
 @pytest.mark.slow
 @pytest.mark.parametrize("params", SETTINGS)
 def test_quality_bar_on_many_full_size_maps(params):
-    rate, total = _recall_over_maps(375, 500, counts=(5, 10, 15, 20), seeds=tuple(range(8)), **params)
-    assert total >= 380
-    assert rate >= 0.95, f"recall@0.5 of top-20 = {rate:.3f} < 0.95"
+    # 64 maps at 500x375; the crowded (20-object) maps, where every top-20 slot is needed, must pass on their own.
+    by_count = _recall_by_count(375, 500, counts=(5, 10, 15, 20), seeds=tuple(range(16)), **params)
+    found, total = sum(f for f, _ in by_count.values()), sum(t for _, t in by_count.values())
+    assert total >= 780
+    assert found / total >= 0.95, f"recall@0.5 of top-20 = {found / total:.3f} < 0.95 ({by_count})"
+    found20, total20 = by_count[20]
+    assert found20 / total20 >= 0.95, f"recall@0.5 of top-20 on 20-object maps = {found20 / total20:.3f} < 0.95"
 
 
 def test_recall_helper_counts_matches():
@@ -115,7 +128,31 @@ def test_tree_statistics_equal_full_mask_statistics(use_kernels):
     assert masks.shape == (len(nodes), 90, 120)
     np.testing.assert_array_equal(hier.area, masks.reshape(len(nodes), -1).sum(1))
     for ranking in pa_lib.RANKINGS:
-        np.testing.assert_allclose(hier.scores(ranking), pa_lib.score_masks(potential, masks, ranking), atol=1e-9)
+        for edge in (True, False):
+            np.testing.assert_allclose(
+                hier.scores(ranking, edge), pa_lib.score_masks(potential, masks, ranking, edge), atol=1e-9
+            )
+
+
+def test_edge_in_ring_ranks_an_edge_bounded_pocket_below_a_closed_object():
+    # A strip bounded by the image edge on three sides and by a contour on one: what a background
+    # pocket between objects and the image edge looks like to the potential.
+    labels = np.zeros((60, 100), np.int32)
+    labels[15:45, 40:70] = 1
+    labels[:, :20] = 2
+    potential = potential_from_labels(labels, blur=1.0, noise=0.0)
+    obj, strip = labels == 1, labels == 2
+    closed, open_ = pa_lib.score_masks(potential, np.stack([obj, strip]), edge_in_ring=True)
+    closed_old, open_old = pa_lib.score_masks(potential, np.stack([obj, strip]), edge_in_ring=False)
+    assert closed == pytest.approx(closed_old)  # nothing on the edge: unchanged
+    assert open_old > 1.5  # without the edge samples the strip looks as closed as the object
+    assert open_ < open_old - 0.3 and closed > open_
+    # Border filter: the strip has more edge (100 px) than contour (60 px) but its contour includes
+    # the edge, so it stays a candidate (an object cut by the image edge looks the same); without
+    # edge_in_ring it is dropped.
+    for edge, kept in ((True, True), (False, False)):
+        masks, _ = pa_lib.propose(potential, footprint=8, top_k=50, nms=0, edge_in_ring=edge)
+        assert (masks.reshape(len(masks), -1) == strip.ravel()).all(1).any() == kept
 
 
 def test_ring_stats_kernel_equals_numpy():
@@ -305,3 +342,25 @@ def test_spectral_boundary_dense_and_sparse_solvers_agree(monkeypatch):
     sparse = grouping.spectral_boundary(18, u, v, weight, mass, n_eigenvectors=4)
     np.testing.assert_allclose(dense, sparse, atol=1e-6)
     assert np.argmax(dense) == len(u) - 1 and dense.max() == pytest.approx(1.0)
+
+
+def test_internal_penalty_lowers_unions_across_strong_contours():
+    labels = np.zeros((60, 100), np.int32)
+    labels[15:45, 15:50] = 1
+    labels[15:45, 50:85] = 2
+    potential = potential_from_labels(labels, blur=1.0, noise=0.0)
+    hier = pa_lib.build_hierarchy(potential, footprint=8)
+    n = hier.tree.num_vertices()
+    ious = [best_ious(hier.masks(np.arange(n)), labels[None] == k)[0] for k in (1, 2)]
+    assert min(ious) > 0.95
+    masks = hier.masks(np.arange(n)).reshape(n, -1)
+    nodes = [int(np.argmax([(m & (labels == k).ravel()).sum() / (m | (labels == k).ravel()).sum() for m in masks]))
+             for k in (1, 2)]
+    union = hg.make_lca_fast(hier.tree).lca(nodes[0], nodes[1])
+    level = hier.internal_level()
+    assert level[nodes].max() < 0.1 and level[union] > 0.3
+    assert level[union] >= hier.altitudes[union] and (level[n - 1] == level.max())
+    plain = hier.scores("boundary_minus_interior")
+    top, _ = pa_lib.propose(potential, footprint=8, top_k=2)
+    assert recall(top, labels) == (2, 2)
+    assert plain[union] - 0.3 * level[union] < min(plain[nodes])

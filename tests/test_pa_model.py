@@ -65,10 +65,10 @@ def test_one_step_reduces_loss():
     torch.manual_seed(0)
     config = tiny_config()
     model = build_pa_model(config).train()
-    ids = torch.zeros((2, 64, 64), dtype=torch.int32)
-    ids[0, 10:40, 10:30] = 1
-    ids[0, 20:50, 30:60] = 2
-    ids[1, 5:60, 5:25] = 1
+    ids = torch.zeros((2, 32, 32), dtype=torch.int32)
+    ids[0, 5:20, 5:15] = 1
+    ids[0, 10:25, 15:30] = 2
+    ids[1, 3:30, 3:13] = 1
     images = (ids.unsqueeze(1).repeat(1, 3, 1, 1) * 80 + 20).to(torch.uint8)
     x = normalize_images(images, config)
     target, counted = affinity_targets(ids, reduce="mean")

@@ -29,6 +29,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fpn_channels": 256,
     "representation_size": 1024,   # box-head MLP width
     "mask_channels": 256,          # mask-head conv width
+    "mask_layers": 4,              # mask-head 3x3 convs (their cost x 1500 detections dominates CPU inference)
     "anchor_sizes": [32, 64, 128, 256, 512],
     "min_size": 800,
     "max_size": 1333,
@@ -98,7 +99,7 @@ def build_detector(config: dict[str, Any]) -> MaskRCNN:
         box_score_thresh=cfg["box_score_thresh"], box_nms_thresh=cfg["box_nms_thresh"],
         box_detections_per_img=cfg["box_detections_per_img"],
         box_batch_size_per_image=cfg["box_batch_size_per_image"],
-        mask_head=MaskRCNNHeads(c, [mask_channels] * 4, 1, norm_layer=None),
+        mask_head=MaskRCNNHeads(c, [mask_channels] * cfg["mask_layers"], 1, norm_layer=None),
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, 2),
     )
     model = MaskRCNN(backbone, num_classes=None, **common)

@@ -23,7 +23,7 @@ from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everythi
 log = logging.getLogger(__name__)
 
 # Training flags that become part of the model config (the rest only shape the optimisation).
-MODEL_FLAGS = ("kind", "backbone", "fpn_channels", "representation_size", "mask_channels", "anchor_sizes",
+MODEL_FLAGS = ("kind", "backbone", "fpn_channels", "representation_size", "mask_channels", "mask_layers", "anchor_sizes",
                "min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
                "rpn_batch_size_per_image", "box_batch_size_per_image")
 
@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fpn-channels", type=int, default=d["fpn_channels"])
     p.add_argument("--representation-size", type=int, default=d["representation_size"], help="box-head MLP width")
     p.add_argument("--mask-channels", type=int, default=d["mask_channels"], help="mask-head conv width")
+    p.add_argument("--mask-layers", type=int, default=d["mask_layers"], help="mask-head conv layers")
     p.add_argument("--anchor-sizes", type=int, nargs=5, default=d["anchor_sizes"], help="one per FPN level")
     p.add_argument("--rpn-pre-nms-top-n-train", type=int, default=d["rpn_pre_nms_top_n_train"])
     p.add_argument("--rpn-post-nms-top-n-train", type=int, default=d["rpn_post_nms_top_n_train"])
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         loaded, skipped = load_pretrained(model, args.pretrained)
         log.info("loaded %d tensors from %s (%d did not fit)", loaded, args.pretrained, skipped)
 
-    use_amp = device.type == "cuda" and args.amp != "off" if args.amp != "on" else True
+    use_amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     if world > 1:

@@ -235,7 +235,8 @@ def predict_affinity(model: nn.Module, images: list[np.ndarray], config: dict, d
         for img in chunk:
             if img.ndim != 3 or img.shape[2] != 3:
                 raise ValueError(f"images must be HxWx3 uint8 arrays, got shape {img.shape}")
-            t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(device)
+            # np.array copies: callers may pass read-only arrays, which torch.from_numpy warns about.
+            t = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).to(device)
             hw = resized_shape(img.shape[0], img.shape[1], size)
             shapes.append(hw)
             tensors.append(resize_image(t, hw))

@@ -219,9 +219,10 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
             seen += images.shape[0]
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if main and ((it + 1) % max(1, args.log_every) == 0 or it + 1 == iters_per_epoch):
-                _append_log(log_path, {"epoch": epoch + 1, "iter": it + 1, "global_iter": epoch * iters_per_epoch + it + 1,
-                                       "lr": scheduler.get_last_lr()[0], "loss": window / window_n,
-                                       "images_per_s": seen * world / (time.perf_counter() - t0)})
+                _append_log(log_path, {
+                    "epoch": epoch + 1, "iter": it + 1, "global_iter": epoch * iters_per_epoch + it + 1,
+                    "lr": scheduler.get_last_lr()[0], "loss": window / window_n,
+                    "images_per_s": seen * world / (time.perf_counter() - t0)})
                 window, window_n = 0.0, 0
         bar.close()
         seconds = time.perf_counter() - t0
