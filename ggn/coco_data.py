@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8 [H,W,3]; raises OSError/ValueError on unreadable files (callers decide skip vs fail)."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy needs one
 
 
 def index_annotations(annotations: Iterable[dict]) -> dict[int, list[dict]]:
