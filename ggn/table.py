@@ -58,8 +58,10 @@ def make_row(experiment: str, baseline: Path, ggn: Path, pa: Path | None = None,
     row["paper_ggn_mask_AR@100"] = paper_ggn
     if pa is not None:
         pa_metrics = read_json(pa, "PA metrics file")
-        f_score = pa_metrics.get("boundary", {}).get("f")
-        row["pa_boundary_F"] = round(100.0 * f_score, 2) if f_score is not None else None
+        boundary = pa_metrics.get("boundary", {})
+        for column, key in (("pa_boundary_F", "pa"), ("gradient_boundary_F", "gradient_baseline")):
+            f_score = boundary.get(key, {}).get("f")
+            row[column] = round(100.0 * f_score, 2) if f_score is not None else None
     return row
 
 

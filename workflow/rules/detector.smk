@@ -20,7 +20,7 @@ rule train_detector:
         runtime=3 * 24 * 60,
     shell:
         "OMP_NUM_THREADS={threads} ggn train-detector --variant {wildcards.variant} --train-json {input.train}"
-        " --images {params.images} --out {output.checkpoint} --workers {threads} {params.flags} > {log} 2>&1"
+        " --images {params.images} --out {output.checkpoint} --threads {threads} {params.flags} > {log} 2>&1"
 
 
 rule predict:
@@ -43,4 +43,4 @@ rule predict:
         runtime=6 * 60,
     shell:
         "OMP_NUM_THREADS={threads} ggn predict --checkpoint {input.checkpoint} --annotations {input.eval}"
-        " --images {params.images} --out {output.detections} {params.flags} > {log} 2>&1"
+        " --images {params.images} --out {output.detections} --threads {threads} {params.flags} > {log} 2>&1"

@@ -20,7 +20,7 @@ rule train_pa:
         runtime=24 * 60,
     shell:
         "OMP_NUM_THREADS={threads} ggn train-pa --train-json {input.train} --images {params.images}"
-        " --out {output.checkpoint} --workers {threads} {params.flags} > {log} 2>&1"
+        " --out {output.checkpoint} --threads {threads} {params.flags} > {log} 2>&1"
 
 
 rule eval_pa:

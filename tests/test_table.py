@@ -1,0 +1,45 @@
+"""`ggn table`: rows from metrics files, the gathered CSV/Markdown, and errors on wrong inputs."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from ggn.cli import main
+from ggn.io import InputError
+from ggn.table import make_row
+
+
+def _metrics(path, ar10, ar100):
+    names = ["AR@10", "AR@20", "AR@30", "AR@50", "AR@100", "AR@300", "AR@500", "AR@1000", "AR@1500"]
+    values = {n: ar100 for n in names} | {"AR@10": ar10}
+    path.write_text(json.dumps({"bbox": values, "segm": {k: v / 2 for k, v in values.items()}}))
+    return path
+
+
+def test_row_and_table(tmp_path):
+    base = _metrics(tmp_path / "b.json", 0.1, 0.2)
+    ggn = _metrics(tmp_path / "g.json", 0.3, 0.5)
+    pa = tmp_path / "pa.json"
+    pa.write_text(json.dumps({"boundary": {"pa": {"f": 0.7}, "gradient_baseline": {"f": 0.6}}}))
+    assert main(["table", "row", "--experiment", "x", "--baseline", str(base), "--ggn", str(ggn), "--pa", str(pa),
+                 "--top-k", "3", "--paper-baseline", "19.9", "--paper-ggn", "28.7", "--out", str(tmp_path / "row.json")]) == 0
+    row = json.loads((tmp_path / "row.json").read_text())
+    assert row["baseline_box_AR@100"] == 20.0 and row["ggn_box_AR@10"] == 30.0
+    assert row["baseline_mask_AR@100"] == 10.0 and row["ggn_mask_AR@100"] == 25.0
+    assert row["gain_mask_AR@100"] == 15.0 and row["pa_boundary_F"] == 70.0 and row["gradient_boundary_F"] == 60.0
+    assert main(["table", "gather", "--rows", str(tmp_path / "row.json"), "--csv", str(tmp_path / "t.csv"),
+                 "--md", str(tmp_path / "t.md")]) == 0
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert len(rows) == 1 and rows[0]["experiment"] == "x" and float(rows[0]["ggn_mask_AR@100"]) == 25.0
+    md = (tmp_path / "t.md").read_text()
+    assert "| x |" in md and "10.0 → 25.0" in md and "+15.0" in md and "19.9 → 28.7" in md
+
+
+def test_row_rejects_a_file_that_is_not_metrics(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"bbox": {}}))
+    good = _metrics(tmp_path / "g.json", 0.3, 0.5)
+    with pytest.raises(InputError, match="bad.json has no bbox AR@10"):
+        make_row("x", bad, good)
