@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +38,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ggn.io import InputError, atomic_write_json
+from ggn.io import InputError, atomic_open, atomic_write_json
 from ggn.masks import ann_to_rle
 
 log = logging.getLogger(__name__)
@@ -224,16 +223,8 @@ class ShardParts:
             META_FINGERPRINT: self.fingerprint.encode(),
         })
         path = self.dir / f"part-{len(self.paths):06d}.parquet"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as f:
+            pq.write_table(table, f)
         self.paths.append(path)
         self.done.update(int(i) for i in image_ids)
         self.skipped.update(skipped)
@@ -245,19 +236,11 @@ class ShardParts:
         """Stream the parts, in order, into `out` (atomically); then remove the parts folder."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
         schema = SHARD_SCHEMA.with_metadata({META_SHARD: json.dumps(shard_meta).encode()})
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                with pq.ParquetWriter(f, schema) as writer:
-                    for path in self.paths:
-                        table = pq.read_table(path, schema=SHARD_SCHEMA)
-                        writer.write_table(table.replace_schema_metadata(schema.metadata))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(self.out, "wb") as f:
+            with pq.ParquetWriter(f, schema) as writer:
+                for path in self.paths:
+                    table = pq.read_table(path, schema=SHARD_SCHEMA)
+                    writer.write_table(table.replace_schema_metadata(schema.metadata))
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

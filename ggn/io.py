@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +36,26 @@ def _atomic_open(path: Path):
     return fd, Path(tmp)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: readers never see half a file."""
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb"):
+    """A file written under a temporary name beside `path`, fsynced and renamed into place only when the
+    block completes: readers never see half a file, and a killed job leaves the old file (or none)."""
     path = Path(path)
     fd, tmp = _atomic_open(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -98,17 +106,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save through a temporary file and rename, so a killed job never leaves a torn checkpoint."""
     import torch
 
-    path = Path(path)
-    fd, tmp = _atomic_open(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ggn.extract import SHARD_SCHEMA
-from ggn.io import InputError, atomic_write_json, read_json
+from ggn.io import InputError, atomic_open, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -179,22 +179,6 @@ def _finish(table: pa.Table, top_k: int, counts: MergeCounts) -> pa.Table:
 # Outputs
 
 
-@contextlib.contextmanager
-def _atomic_text(path: Path):
-    """A text file written under a temporary name and renamed into place only when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class StoreWriter:
     """Builds the per-image parquet store in a temporary folder; `close()` moves it into place."""
 
@@ -342,7 +326,7 @@ def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike
     progress = tqdm(total=sum(pq.read_metadata(p).num_rows for p in shard_paths), unit="cand",
                     desc="merge", dynamic_ncols=True)
     try:
-        with (_atomic_text(Path(out)) if out is not None else contextlib.nullcontext()) as f:
+        with (atomic_open(out, "w") if out is not None else contextlib.nullcontext()) as f:
             if f is not None:
                 f.write('{"images": ')
                 json.dump(images, f)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +57,7 @@ def test_lint_is_clean():
 
 
 def test_dry_run_builds_whole_table():
-    out = snakemake("-n", "--quiet", "rules")
+    out = snakemake("-n", "--forceall", "--quiet", "rules")
     for rule in ("synth", "split", "train_pa", "eval_pa", "extract", "merge", "train_detector",
                  "predict", "evaluate", "row", "table"):
         assert rule in out, f"rule {rule} missing from the default DAG:\n{out}"
@@ -118,8 +117,8 @@ def test_tiny_pipeline_end_to_end_and_incremental(tmp_path):
 @pytest.mark.parametrize("row_config", sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "config.yaml"))
 def test_paper_row_configs_validate_and_wait_only_for_their_datasets(row_config):
     """Each paper row is a valid config whose DAG is complete except for the datasets the user points it at."""
-    proc = subprocess.run([*SNAKEMAKE, "-n", "--configfile", str(REPO / "config" / row_config)], cwd=REPO,
-                          env=_env(), capture_output=True, text=True)
+    proc = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--configfile", str(REPO / "config" / row_config)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "MissingInputException" in out and "datasets/" in out, out

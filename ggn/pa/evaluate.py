@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import ndimage
 from tqdm import tqdm
 

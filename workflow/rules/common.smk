@@ -9,6 +9,7 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 RESULTS = config["results"]
+TABLE = config["table"]
 EXPERIMENTS = config["run"] or list(config["experiments"])
 for _name in EXPERIMENTS:
     if _name not in config["experiments"]:
@@ -176,7 +177,7 @@ def all_targets():
     """Rows gathered into the table, plus the pseudo-GT of experiments that stop there."""
     targets = []
     if all_rows():
-        targets += [f"{RESULTS}/table.csv", f"{RESULTS}/table.md"]
+        targets += [f"{RESULTS}/{TABLE}.csv", f"{RESULTS}/{TABLE}.md"]
     for name in EXPERIMENTS:
         exp = config["experiments"][name]
         if exp["targets"] == "pseudo":

@@ -45,8 +45,8 @@ rule table:
     input:
         rows=all_rows(),
     output:
-        csv=f"{RESULTS}/table.csv",
-        md=f"{RESULTS}/table.md",
+        csv=f"{RESULTS}/{TABLE}.csv",
+        md=f"{RESULTS}/{TABLE}.md",
     conda:
         "../envs/ggn.yaml"
     log:
