@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ggn.classes import SYNTHETIC_SEEN
-from ggn.evaluate import IOU_THRESHOLDS, MAX_DETS, evaluate
+from ggn.evaluate import MAX_DETS, evaluate, set_agnostic_params
 from ggn.masks import ann_to_mask
 from ggn.synth import generate_dataset
 
@@ -79,9 +79,7 @@ def plain_eval(library: str, gt_path: Path, dets_path: Path, iou_types) -> dict:
         for iou_type in iou_types:
             coco_dt = coco_gt.loadRes([dict(d) for d in results])
             ev = Eval(coco_gt, coco_dt, iou_type)
-            ev.params.useCats = 0
-            ev.params.maxDets = list(MAX_DETS)
-            ev.params.iouThrs = IOU_THRESHOLDS.copy()
+            set_agnostic_params(ev)
             ev.evaluate()
             ev.accumulate()
             r = np.asarray(ev.eval["recall"])

@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 
 from ggn.io import InputError, atomic_write_json, read_json
 from ggn.masks import ann_to_rle
+from ggn.split import count_unusable_ids
 
 log = logging.getLogger("ggn.evaluate")
 
@@ -29,18 +30,6 @@ IOU_TYPES = ("bbox", "segm")
 
 def metric_names() -> list[str]:
     return [f"AR@{k}" for k in MAX_DETS] + [f"AR_{a[0]}@{SIZE_BUDGET}" for a in AREA_LABELS[1:]]
-
-
-def _count_bad_ids(anns: list[dict]) -> int:
-    """Number of annotations whose id COCOeval cannot use as a match marker (0, missing, duplicate)."""
-    seen, bad = set(), 0
-    for a in anns:
-        i = a.get("id")
-        if not isinstance(i, int) or isinstance(i, bool) or i <= 0 or i in seen:
-            bad += 1
-        else:
-            seen.add(i)
-    return bad
 
 
 def _load_gt(gt: dict | str | os.PathLike) -> dict:
@@ -77,7 +66,7 @@ def _prepare_gt(data: dict, source: str,
             raise InputError(f"{source}: every image needs integer 'id', 'height' and 'width' "
                              f"(got {img!r:.200})") from None
     anns = data["annotations"]
-    bad = _count_bad_ids(anns)
+    bad = count_unusable_ids(anns)
     if bad:
         log.warning("%s: %d annotation ids are 0, missing or duplicated; renumbering all from 1", source, bad)
     # COCOeval with useCats=0 visits ground truth category by category; keep that order so that
@@ -215,6 +204,13 @@ def _budget_detections(gt_per_image, det_per_image, images, iou_type: str) -> tu
     return kept, dropped
 
 
+def set_agnostic_params(ev) -> None:
+    """Class-agnostic COCOeval settings of the protocol: useCats=0, the AR budgets and IoU 0.50:0.05:0.95."""
+    ev.params.useCats = 0
+    ev.params.maxDets = list(MAX_DETS)
+    ev.params.iouThrs = IOU_THRESHOLDS.copy()
+
+
 def _ar_from_recall(recall: np.ndarray, max_dets: list[int], area_labels: list[str]) -> dict[str, float]:
     """recall [T, K=1, A, M] -> AR metrics, averaging defined entries as COCOeval.summarize does."""
     def mean(values: np.ndarray) -> float:
@@ -271,9 +267,7 @@ def evaluate(gt: dict | str | os.PathLike, detections: list | str | os.PathLike,
         coco_gt = COCO(gt_dataset, print_function=_silent)
         coco_dt = coco_gt.loadRes(dets)
         ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_silent)
-        ev.params.useCats = 0
-        ev.params.maxDets = list(MAX_DETS)
-        ev.params.iouThrs = IOU_THRESHOLDS.copy()
+        set_agnostic_params(ev)
         ev.evaluate()
         ev.accumulate()
         recall = np.asarray(ev.eval["recall"])

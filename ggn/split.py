@@ -31,12 +31,8 @@ def _check_coco(data: dict, path: str) -> None:
                 raise InputError(f"{path}: annotation {a.get('id', '?')} has no '{key}'")
 
 
-def renumber_ids(annotations: list[dict], what: str) -> int:
-    """Give every annotation a fresh id from 1 when any id is 0, missing or duplicated.
-
-    COCOeval stores the matched annotation id as the match marker (0 = unmatched), so such ids
-    silently corrupt recall. Returns how many ids were unusable.
-    """
+def count_unusable_ids(annotations: list[dict]) -> int:
+    """Annotations whose id COCOeval cannot use as a match marker (0, missing, duplicated)."""
     seen, bad = set(), 0
     for a in annotations:
         i = a.get("id")
@@ -44,6 +40,16 @@ def renumber_ids(annotations: list[dict], what: str) -> int:
             bad += 1
         else:
             seen.add(i)
+    return bad
+
+
+def renumber_ids(annotations: list[dict], what: str) -> int:
+    """Give every annotation a fresh id from 1 when any id is 0, missing or duplicated.
+
+    COCOeval stores the matched annotation id as the match marker (0 = unmatched), so such ids
+    silently corrupt recall. Returns how many ids were unusable.
+    """
+    bad = count_unusable_ids(annotations)
     if bad:
         for n, a in enumerate(annotations, start=1):
             a["id"] = n

@@ -182,22 +182,28 @@ def random_case(seed=3, num_images=4, size=(96, 128)):
     return coco(list(range(1, num_images + 1)), anns, size), dets
 
 
-def pycocotools_ar(gt, dets, iou_type):
+def _pycocotools_recall(eval_class, gt, dets, iou_type):
+    """recall [T, K, A, M] of a pycocotools COCOeval (sub)class run class-agnostically on copies of gt/dets."""
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = json.loads(json.dumps(gt))
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(json.loads(json.dumps(dets)))
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev = eval_class(coco_gt, coco_dt, iou_type)
         ev.params.useCats = 0
         ev.params.maxDets = list(MAX_DETS)
         ev.params.iouThrs = IOU_THRESHOLDS.copy()
         ev.evaluate()
         ev.accumulate()
-    r = ev.eval["recall"]  # [T, K, A, M]
+    return ev.eval["recall"]
+
+
+def pycocotools_ar(gt, dets, iou_type):
+    from pycocotools.cocoeval import COCOeval
+
+    r = _pycocotools_recall(COCOeval, gt, dets, iou_type)  # [T, K, A, M]
 
     def mean(x):
         x = x[x > -1]
@@ -262,7 +268,6 @@ def reference_cross_category_ar(gt, dets, iou_type):
     detection can end up matched to a seen object at 0.5 because a higher-scored detection took
     its unseen object, and then also leaves the higher IoU thresholds; ggn.evaluate keeps that.)
     """
-    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     class CrossCategory(COCOeval):
@@ -284,18 +289,7 @@ def reference_cross_category_ar(gt, dets, iou_type):
             res["dtScores"] = [s for s, k in zip(res["dtScores"], keep) if k]
             return res
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = json.loads(json.dumps(gt))
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(json.loads(json.dumps(dets)))
-        ev = CrossCategory(coco_gt, coco_dt, iou_type)
-        ev.params.useCats = 0
-        ev.params.maxDets = list(MAX_DETS)
-        ev.params.iouThrs = IOU_THRESHOLDS.copy()
-        ev.evaluate()
-        ev.accumulate()
-    r = ev.eval["recall"]
+    r = _pycocotools_recall(CrossCategory, gt, dets, iou_type)
     return {f"AR@{k}": float(r[:, :, 0, m][r[:, :, 0, m] > -1].mean()) for m, k in enumerate(MAX_DETS)}
 
 
