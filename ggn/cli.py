@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    args._argv = rest  # the step's own arguments, for steps that relaunch themselves as several processes
     setup_logging(verbose or args.verbose)
     result = module.run(args)
     return int(result or 0)

@@ -1,10 +1,44 @@
 """Distributed-training helpers: one code path for `torchrun` (DDP) and a single CPU/GPU process."""
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 
 import torch
 import torch.distributed as dist
+
+
+log = logging.getLogger(__name__)
+
+
+def under_launcher() -> bool:
+    """True inside a process started by torchrun (or another launcher that sets the env:// variables)."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def relaunch(processes: int, step: str, argv: list[str]) -> int:
+    """Run `ggn STEP ARGV` as `processes` processes on this node through torchrun (one per GPU, or gloo
+    processes on a CPU-only machine) and return its exit status. Each process sees the same arguments;
+    ranks split the data and average gradients (DDP)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+           "-m", "ggn.cli", step, *argv]
+    log.info("starting %d processes: %s", processes, " ".join(cmd))
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    return subprocess.call(cmd, env=env)
+
+
+def gather_counts(count: torch.Tensor) -> list[int]:
+    """Every rank's value of a one-element counter (rank order); [value] in a single process."""
+    if not dist.is_initialized():
+        return [int(count.item())]
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    local = count.to(backend_device)
+    values = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(values, local)
+    return [int(v.item()) for v in values]
 
 
 def init_distributed(device_name: str = "auto") -> tuple[torch.device, int, int]:

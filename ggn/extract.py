@@ -294,7 +294,8 @@ def _read(image_root: Path, info: dict) -> np.ndarray | str:
 def extract_shard(checkpoint: str | os.PathLike, annotations: str | os.PathLike, images: str | os.PathLike,
                   shard: int, num_shards: int, out: str | os.PathLike, *, input_size: int | None = None,
                   batch_size: int = 8, flush_every: int = 64, device: str = "auto", top_k: int = 20,
-                  propose_params: dict | None = None, max_images: int | None = None, no_gt: bool = False,
+                  propose_params: dict | None = None, grouping: str = "paper", max_images: int | None = None,
+                  no_gt: bool = False,
                   workers: int = 0, after_flush: Callable[[Path], None] | None = None) -> dict:
     """Run one shard to completion (resuming if a parts folder exists) and return its summary.
 
@@ -312,6 +313,10 @@ def extract_shard(checkpoint: str | os.PathLike, annotations: str | os.PathLike,
     if unknown:
         raise InputError(f"--propose-params {unknown} are not parameters of pa_lib.propose; "
                          f"choose from {sorted(pa_lib.DEFAULTS)}")
+    if grouping not in pa_lib.GROUPINGS:
+        raise InputError(f"--grouping {grouping!r}: choose one of {sorted(pa_lib.GROUPINGS)}")
+    # Every setting is spelled out, so the shard fingerprint changes when a default does.
+    propose_params = {**pa_lib.GROUPINGS[grouping], **propose_params}
     if out.exists():
         shutil.rmtree(parts_dir_for(out), ignore_errors=True)  # left over from a kill after the rename
         log.info("%s already exists; nothing to do (delete it to extract again)", out)
@@ -382,7 +387,7 @@ def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: 
     dev = pick_device(device)
     model, config = load_pa_model(checkpoint, dev)
     log.info("PA model from %s on %s, input size %s, %d grouping workers",
-             checkpoint, dev, input_size or config.get("input_size"), workers)
+             checkpoint, dev, config.get("input_size") if input_size is None else input_size, workers)
     # Grouping is CPU work: a process pool lets it run beside the GPU's next batch.
     pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             if workers > 0 else None)
@@ -474,12 +479,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of shards; image k of the id-sorted list goes to shard k %% num-shards")
     parser.add_argument("--out", required=True, help="output parquet, e.g. results/x/pseudo/shards/0-of-4.parquet")
     parser.add_argument("--input-size", type=int, default=None,
-                        help="long side of the network input (default: the checkpoint's input_size)")
+                        help="long side of the network input (default: the checkpoint's input_size; 0: native "
+                             "resolution, as the reference)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--flush-every", type=int, default=64,
                         help="images per flushed part file (the unit of resuming; memory stays flat)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--top-k", type=int, default=20, help="candidates kept per image")
+    parser.add_argument("--grouping", choices=("paper", "extended"), default="paper",
+                        help="grouping settings: paper (pa_extract.py's, PAPER_SETTINGS) or extended (plus this "
+                             "project's four additions, see pa_lib/grouping.py); --propose-params override either")
     parser.add_argument("--propose-params", nargs="+", action="extend", default=[], metavar="PARAM",
                         help="extra keyword arguments of pa_lib.propose: key=value pairs and/or JSON objects")
     parser.add_argument("--max-images", type=int, default=None,
@@ -493,5 +502,6 @@ def run(args: argparse.Namespace) -> int:
     extract_shard(args.checkpoint, args.annotations, args.images, args.shard, args.num_shards, args.out,
                   input_size=args.input_size, batch_size=args.batch_size, flush_every=args.flush_every,
                   device=args.device, top_k=args.top_k, propose_params=parse_propose_params(args.propose_params),
+                  grouping=args.grouping,
                   max_images=args.max_images, no_gt=args.no_gt, workers=args.workers)
     return 0

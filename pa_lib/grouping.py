@@ -11,8 +11,9 @@ Differences from the reference, for speed: the spectral problem is solved on the
 graph of the superpixels (the Galerkin projection of the pixel problem onto piecewise-constant
 functions) instead of the pixel graph; orientations come from structure tensors evaluated at
 contour pixels; the ring is counted on the thick 4-connected boundary exactly, but accumulated
-along the tree instead of drawing every candidate mask. Four additions, on by default because
-they raise recall on synthetic maps and switchable off (``PAPER_SETTINGS``): components of high
+along the tree instead of drawing every candidate mask. Four additions, off by default (the
+defaults are the paper's, ``PAPER_SETTINGS``) and on together in ``EXTENDED_SETTINGS``, because
+they raise recall on synthetic maps: components of high
 potential without a window maximum get their own marker (``seed_threshold``); candidates covering
 over half the image edge are dropped (``max_border_fraction``) (together 0.936 -> 0.956 at
 500x375, 5-20 objects); the image edge counts as part of a candidate's ring
@@ -38,13 +39,14 @@ from . import _kernels, tree_stats
 
 RANKINGS = ("boundary_minus_interior", "outer_boundary", "interior", "ncut")
 
-# The paper's extraction settings (Generic-Grouping configs/pairwise_affinity/pa_extract.py), plus
-# seed_threshold, max_border_fraction, edge_in_ring and internal_penalty (see the module docstring;
-# PAPER_SETTINGS turns them off).
-DEFAULTS = dict(
+# The paper's extraction settings: Generic-Grouping configs/pairwise_affinity/pa_extract.py, the `pa_to_masks`
+# dict (edge_thresh 0.0, rank_method 3, nms 0.2, use_orientation 1, use_globalization 0.5,
+# filter_by_edge_method 2 at 0.9, min_component_size 0), with the spectral constants of pa_lib/affinity2mask.py.
+# These are propose()'s defaults.
+PAPER_SETTINGS = dict(
     footprint=20,  # local-maximum window (px) for watershed markers
     marker_threshold=0.0,  # markers only where potential > this x max potential ("edge_thresh")
-    seed_threshold=0.5,  # also seed every component of potential > this that has no marker; None disables
+    seed_threshold=None,  # addition: also seed every component of potential > this that has no marker
     orientation=True,  # re-weight boundaries by orientation agreement ("use_orientation")
     orientation_sigma=1.5,  # smoothing (px) of the structure tensors that give orientations
     globalization=0.5,  # weight of the spectral boundary ("use_globalization"); 0 disables
@@ -54,18 +56,19 @@ DEFAULTS = dict(
     min_size=0,  # drop candidates smaller than this many pixels ("min_component_size")
     max_size_fraction=1.0,  # drop candidates larger than this fraction of the image
     border_thresh=0.9,  # drop if pixels on the image edge > this x contour length; 0/None disables
-    max_border_fraction=0.5,  # drop if the candidate covers more than this fraction of the image edge; None disables
-    edge_in_ring=True,  # the image edge is an open part of a candidate's contour: its pixels count as ring samples
-    internal_penalty=0.3,  # score minus this x the highest merge altitude inside the candidate; 0 disables
+    max_border_fraction=None,  # addition: drop if the candidate covers more than this fraction of the image edge
+    edge_in_ring=False,  # addition: the image edge is an open part of a candidate's contour (ring samples)
+    internal_penalty=0.0,  # addition: score minus this x the highest merge altitude inside the candidate
     nms=0.2,  # region NMS IoU; 0/None disables
     use_kernels=True,  # compiled kernels (True) or NumPy/higra twins (False): same statistics and NMS;
     # the higra watershed may break ties on plateaus differently, so superpixels can differ slightly
 )
 
-
-PAPER_SETTINGS = {
-    **DEFAULTS, "seed_threshold": None, "max_border_fraction": None, "edge_in_ring": False, "internal_penalty": 0.0
-}
+# This project's four additions (module docstring), measured on synthetic maps; `grouping: extended`.
+ADDITIONS = dict(seed_threshold=0.5, max_border_fraction=0.5, edge_in_ring=True, internal_penalty=0.3)
+EXTENDED_SETTINGS = {**PAPER_SETTINGS, **ADDITIONS}
+GROUPINGS = {"paper": PAPER_SETTINGS, "extended": EXTENDED_SETTINGS}
+DEFAULTS = PAPER_SETTINGS
 
 
 def potential_from_affinity(affinity) -> np.ndarray:

@@ -287,11 +287,14 @@ def test_pretrained_resnet_weights_load_into_the_backbone(tmp_path):
     torch.save(resnet.state_dict(), path)
     from ggn.detector.model import load_pretrained
 
-    model = build_detector(detector_config(**TINY_MODEL))
-    loaded, skipped = load_pretrained(model, path)
-    assert skipped == 2  # the ImageNet classifier (fc.weight, fc.bias) has no place in the detector
-    assert loaded == len(resnet.state_dict()) - 2
-    assert torch.equal(model.backbone.body.layer3[0].conv1.weight, resnet.layer3[0].conv1.weight)
+    for norm, counters in (("bn", 0), ("frozen_bn", 20)):
+        model = build_detector(detector_config(**TINY_MODEL, norm=norm))
+        loaded, skipped = load_pretrained(model, path)
+        assert skipped == 2  # the ImageNet classifier (fc.weight, fc.bias) has no place in the detector
+        # FrozenBatchNorm2d has no num_batches_tracked (20 in a ResNet-18): nothing to load, nothing skipped.
+        assert loaded == len(resnet.state_dict()) - 2 - counters
+        assert torch.equal(model.backbone.body.layer3[0].conv1.weight, resnet.layer3[0].conv1.weight)
+        assert torch.equal(model.backbone.body.layer3[0].bn1.running_var, resnet.layer3[0].bn1.running_var)
     with pytest.raises(InputError, match="fits"):
         torch.save({"something.else": torch.zeros(3)}, path)
         load_pretrained(model, path)

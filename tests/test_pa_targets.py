@@ -28,10 +28,10 @@ def test_offsets_order_and_distance():
         parse_offsets(["0,0"])
 
 
-def test_targets_values_distance_one():
+def test_objects_targets_values_distance_one():
     ids = two_objects()
     offsets = [(0, 1), (1, 0)]  # right, down
-    target, counted = affinity_targets(ids, offsets=offsets)
+    target, counted = affinity_targets(ids, offsets=offsets, target="objects")
     assert target.shape == (1, 2, 6, 6) and counted.shape == (1, 2, 6, 6)
     assert target.dtype == torch.float32 and counted.dtype == torch.bool
     right, down = target[0, 0], target[0, 1]
@@ -50,7 +50,7 @@ def test_targets_values_distance_one():
 
 def test_targets_distance_two_and_symmetry():
     ids = two_objects()
-    target, counted = affinity_targets(ids, offsets=neighbour_offsets((2,)))
+    target, counted = affinity_targets(ids, offsets=neighbour_offsets((2,)), target="objects")
     assert target.shape == (1, 8, 6, 6)
     up, right = 0, 5  # (-2,0) and (0,2)
     assert target[0, right, 0, 0] == 0  # column 0 vs column 2: object 1 vs object 2
@@ -59,7 +59,7 @@ def test_targets_distance_two_and_symmetry():
     assert not counted[0, up, 1, 0]  # row -1 is outside
     assert not counted[0, right, 0, 4]  # background with out-of-image neighbour
     # channel k and its mirror k+4 describe the same pairs seen from either pixel
-    t1, c1 = affinity_targets(ids, offsets=neighbour_offsets((1,)))
+    t1, c1 = affinity_targets(ids, offsets=neighbour_offsets((1,)), target="objects")
     assert torch.equal(t1[0, 0, 1:, :], t1[0, 4, :-1, :])
     assert torch.equal(c1[0, 1, :, 1:], c1[0, 5, :, :-1])
 
@@ -68,19 +68,19 @@ def test_padding_and_crowd_excluded():
     ids = two_objects()
     valid = torch.ones((1, 6, 6), dtype=torch.bool)
     valid[0, :, 3:] = False  # columns 3-5 are padding
-    target, counted = affinity_targets(ids, valid, offsets=[(0, 1)])
+    target, counted = affinity_targets(ids, valid, offsets=[(0, 1)], target="objects")
     assert counted[0, 0, 0, 1]
     assert not counted[0, 0, 0, 2]  # neighbour (col 3) is padding
     assert not counted[0, 0, :, 3:].any()
     crowd = torch.zeros((1, 6, 6), dtype=torch.bool)
     crowd[0, 0, 0] = True
-    _, counted = affinity_targets(ids, offsets=[(0, 1)], ignore=crowd)
+    _, counted = affinity_targets(ids, offsets=[(0, 1)], ignore=crowd, target="objects")
     assert not counted[0, 0, 0, 0] and counted[0, 0, 1, 0]
 
 
-def test_mean_reduction():
+def test_objects_mean_reduction():
     ids = two_objects()
-    target, counted = affinity_targets(ids, offsets=neighbour_offsets((1,)), reduce="mean")
+    target, counted = affinity_targets(ids, offsets=neighbour_offsets((1,)), reduce="mean", target="objects")
     assert target.shape == (1, 1, 6, 6) and counted.shape == (1, 1, 6, 6)
     assert target[0, 0, 1, 0] == 1  # deep inside object 1 (left image edge is not a boundary)
     assert target[0, 0, 1, 1] == pytest.approx(5 / 8)  # 3 of 8 neighbours in object 2
@@ -89,6 +89,36 @@ def test_mean_reduction():
     assert not counted[0, 0, 5, 5]  # background far from objects
     with pytest.raises(ValueError):
         affinity_targets(ids, reduce="max")
+
+
+def test_reference_targets_follow_palette2affinity():
+    """pa_predictor.py: same id = 1 (background pairs too), different or outside the image = 0, mean over 8."""
+    ids = two_objects()
+    target, counted = affinity_targets(ids, offsets=[(0, 1), (1, 0)])
+    right, down = target[0, 0], target[0, 1]
+    assert right[0, 0] == 1 and right[0, 1] == 0 and right[0, 2] == 1
+    assert right[0, 4] == 1 and not counted[0, 0, 0, 4]  # background-background: 1, but not in the loss
+    assert right[0, 3] == 0 and counted[0, 0, 0, 3]  # object-background
+    assert right[0, 5] == 0 and not counted[0, 0, 0, 5]  # background pixel, neighbour outside the image
+    assert right[0, 5] == 0 and down[5, 0] == 0  # outside the image is "different"
+    assert down[3, 1] == 0 and counted[0, 1, 3, 1]
+    mean, counted = affinity_targets(ids, reduce="mean")
+    assert mean.shape == (1, 1, 6, 6) and counted.shape == (1, 1, 6, 6)
+    assert mean[0, 0, 1, 0] == pytest.approx(5 / 8)  # left image edge: 3 neighbours outside count as 0
+    assert mean[0, 0, 0, 0] == pytest.approx(3 / 8)  # corner: 5 outside
+    assert mean[0, 0, 1, 1] == pytest.approx(5 / 8)  # 3 of 8 neighbours in object 2
+    assert mean[0, 0, 2, 5] == pytest.approx(5 / 8) and not counted[0, 0, 2, 5]  # background at the right edge
+    assert mean[0, 0, 4, 4] == pytest.approx(7 / 8) and counted[0, 0, 4, 4]  # background touching object 2
+    assert mean[0, 0, 5, 5] == pytest.approx(3 / 8) and not counted[0, 0, 5, 5]
+    # padding is outside the image; crowd pixels never count and read as background to their neighbours
+    valid = torch.ones((1, 6, 6), dtype=torch.bool)
+    valid[0, :, 3:] = False
+    padded, counted = affinity_targets(ids, valid, reduce="mean")
+    assert padded[0, 0, 1, 2] == pytest.approx(2 / 8) and not counted[0, 0, :, 3:].any()
+    crowd = torch.zeros((1, 6, 6), dtype=torch.bool)
+    crowd[0, 5, 5] = True
+    _, counted = affinity_targets(ids, ignore=crowd, reduce="mean")
+    assert not counted[0, 0, 5, 5]
 
 
 def test_batched_matches_single():

@@ -17,13 +17,15 @@ from tqdm import tqdm
 from ggn.coco_data import collate
 from ggn.detector.data import build_training_dataset
 from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained
-from ggn.dist import barrier, cleanup, init_distributed, is_main_process, unwrap
+from ggn.detector.model import trainable_summary
+from ggn.dist import (barrier, cleanup, gather_counts, init_distributed, is_main_process, relaunch,
+                      under_launcher, unwrap)
 from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything
 
 log = logging.getLogger(__name__)
 
 # Training flags that become part of the model config (the rest only shape the optimisation).
-MODEL_FLAGS = ("kind", "backbone", "fpn_channels", "representation_size", "mask_channels", "mask_layers", "anchor_sizes",
+MODEL_FLAGS = ("kind", "backbone", "norm", "frozen_stages", "anchor_ratios", "box_loss", "fpn_channels", "representation_size", "mask_channels", "mask_layers", "anchor_sizes",
                "min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
                "rpn_batch_size_per_image", "box_batch_size_per_image")
 
@@ -40,9 +42,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--pseudo-store", help="per-image pseudo-GT parquet store of `ggn merge` (huge sets)")
     p.add_argument("--kind", choices=("maskrcnn", "oln"), default=d["kind"])
     p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50", "resnet101"), default=d["backbone"])
-    p.add_argument("--pretrained", help="local weights file: ResNet state dict or a full detector checkpoint")
+    p.add_argument("--pretrained", help="`imagenet` (torchvision's ImageNet ResNet via its cache, $TORCH_HOME), "
+                                        "or a local file: ResNet state dict or a full detector checkpoint")
+    p.add_argument("--norm", choices=("auto", "frozen_bn", "bn"), default="auto",
+                   help="backbone BatchNorm: frozen_bn (statistics and affine fixed, the reference's norm_eval), "
+                        "bn (trainable); auto: frozen_bn when --pretrained, bn from scratch")
+    p.add_argument("--frozen-stages", type=int, default=None,
+                   help="stem and stages 1..N get no gradient (-1: none); default 1 when --pretrained "
+                        "(the reference), -1 from scratch")
+    p.add_argument("--anchor-ratios", type=float, nargs="+", default=d["anchor_ratios"],
+                   help="anchor height/width ratios per location (reference: one square anchor)")
+    p.add_argument("--box-loss", choices=("l1", "smooth_l1"), default=d["box_loss"],
+                   help="box regression loss of RPN and box head (reference: L1)")
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (paper: 0.02 for 16 images/batch)")
+    p.add_argument("--lr", type=float, default=0.02,
+                   help="SGD learning rate for a total batch of --lr-batch images; scaled linearly to the "
+                        "actual total batch (batch-size x processes)")
+    p.add_argument("--lr-batch", type=int, default=16,
+                   help="total batch that --lr is given for (reference: 0.02 for 2 images x 8 GPUs = 16)")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="training processes on this node, one per GPU (torchrun; on a CPU-only machine, "
+                        "gloo processes); the total batch is batch-size x gpus")
     p.add_argument("--lr-steps", type=int, nargs="*", default=[6, 7], help="epochs after which lr drops 10x")
     p.add_argument("--warmup-iters", type=int, default=500, help="linear warm-up from 0.001*lr")
     p.add_argument("--momentum", type=float, default=0.9)
@@ -60,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpn-batch-size-per-image", type=int, default=d["rpn_batch_size_per_image"])
     p.add_argument("--box-batch-size-per-image", type=int, default=d["box_batch_size_per_image"])
     p.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability")
-    p.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0: off)")
+    p.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off, as the reference)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on GPU)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -88,9 +108,26 @@ class WarmupMultiStep:
         return factor
 
 
+def resolve_freezing(args: argparse.Namespace) -> None:
+    """auto norm and frozen stages: the reference's frozen BN and stem+stage 1 with pretrained weights;
+    everything trainable from scratch (frozen random statistics give NaN losses)."""
+    if args.norm == "auto":
+        args.norm = "frozen_bn" if args.pretrained else "bn"
+    if args.frozen_stages is None:
+        args.frozen_stages = 1 if args.pretrained else -1
+    if not args.pretrained and (args.norm == "frozen_bn" or args.frozen_stages >= 0):
+        raise InputError("--norm frozen_bn / --frozen-stages freeze random weights without --pretrained; "
+                         "give --pretrained imagenet (or a weights file) or use --norm bn --frozen-stages -1")
+
+
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in MODEL_FLAGS} | {
         k: DEFAULT_CONFIG[k] for k in DEFAULT_CONFIG if k not in MODEL_FLAGS}
+
+
+def effective_lr(lr: float, batch_size: int, world: int, lr_batch: int) -> float:
+    """Linear scaling rule (Goyal et al. 2017): lr x total batch / the batch that lr was given for."""
+    return lr * batch_size * world / lr_batch
 
 
 def rng_state() -> dict[str, Any]:
@@ -112,6 +149,9 @@ def latest_epoch_checkpoint(epoch_dir: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.gpus > 1 and not under_launcher():
+        return relaunch(args.gpus, "train-detector", args._argv)
+    resolve_freezing(args)
     out = Path(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,12 +164,17 @@ def run(args: argparse.Namespace) -> int:
     config = model_config(args)
     model = build_detector(config).to(device)
     if args.pretrained:
-        loaded, skipped = load_pretrained(model, args.pretrained)
+        loaded, skipped = load_pretrained(model, args.pretrained, args.backbone)
         log.info("loaded %d tensors from %s (%d did not fit)", loaded, args.pretrained, skipped)
+    lr = effective_lr(args.lr, args.batch_size, world, args.lr_batch)
+    if is_main_process():
+        log.info("total batch %d (%d per process x %d processes): effective lr %.5g (--lr %g for %d images); %s",
+                 args.batch_size * world, args.batch_size, world, lr, args.lr, args.lr_batch,
+                 trainable_summary(model))
 
     use_amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
     if world > 1:
         sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True)
         iters_per_epoch = len(sampler) // args.batch_size
@@ -159,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         set_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
         log.info("resuming from %s at epoch %d", resume, start_epoch + 1)
+    images_seen = torch.zeros(1, dtype=torch.int64)
     if world > 1:
         if device.type == "cuda":  # a couple of images per GPU make per-process BN statistics too noisy
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -185,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 losses = model(images, targets)
             loss = sum(losses.values())
+            images_seen += len(images)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite loss {float(loss)} at epoch {epoch + 1} iteration {i} "
                                    f"({ {k: float(v) for k, v in losses.items()} }); lower --lr or raise --warmup-iters")
@@ -204,7 +251,9 @@ def run(args: argparse.Namespace) -> int:
                 _append_jsonl(log_path, {"epoch": epoch + 1, "iter": i, "lr": optimizer.param_groups[0]["lr"],
                                          **values})
         n = max(1, iters_per_epoch)
-        summary = {"epoch": epoch + 1, "mean": {k: v / n for k, v in sums.items()},
+        per_rank = gather_counts(images_seen)
+        summary = {"epoch": epoch + 1, "mean": {k: v / n for k, v in sums.items()}, "effective_lr": lr,
+                   "total_batch": args.batch_size * world, "images_per_rank": per_rank,
                    "seconds": round(time.time() - t0, 1), "images_per_s": round(n * args.batch_size * world / max(1e-9, time.time() - t0), 3)}
         if is_main_process():
             _append_jsonl(log_path, summary)
@@ -220,7 +269,9 @@ def run(args: argparse.Namespace) -> int:
         barrier()
 
     if is_main_process():
-        train_info = {k: v for k, v in vars(args).items() if k not in MODEL_FLAGS and isinstance(v, (int, float, str, list, type(None)))}
+        train_info = {k: v for k, v in vars(args).items()
+                      if k not in MODEL_FLAGS and not k.startswith("_") and isinstance(v, (int, float, str, list, type(None)))}
+        train_info |= {"effective_lr": lr, "world_size": world, "total_batch": args.batch_size * world}
         atomic_torch_save({"model": unwrap(model).state_dict(), "config": config | {"training": train_info}}, out)
         log.info("detector written to %s (loss log %s)", out, log_path)
     cleanup()

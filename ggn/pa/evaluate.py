@@ -127,7 +127,7 @@ def evaluate_pa(checkpoint: Path, annotations: Path, images: Path, max_images: i
                 device: str = "auto") -> dict:
     device_t = pick_device(device)
     model, config = load_pa_model(checkpoint, device_t)
-    size = int(input_size or config["input_size"])
+    size = int(config.get("input_size") or 0) if input_size is None else int(input_size)
     data = CocoInstances(annotations, images)
     if max_images:
         data.ids = data.ids[:max_images]
@@ -149,7 +149,8 @@ def evaluate_pa(checkpoint: Path, annotations: Path, images: Path, max_images: i
             ids, crowd = masks_to_instance_ids(target["masks"], target["iscrowd"])
             ids = resize_ids(ids, (h, w))
             crowd = resize_ids(crowd, (h, w))
-            pair_t, counted = affinity_targets(ids[None], None, offsets, ignore=crowd[None], reduce=None)
+            pair_t, counted = affinity_targets(ids[None], None, offsets, ignore=crowd[None], reduce=None,
+                                               target="objects")  # in-image pairs only: grouping, not edges
             pair_t, counted = pair_t[0].numpy(), counted[0].numpy()
             pred = np.broadcast_to(prob, pair_t.shape) if prob.shape[0] == 1 else prob
             pc = np.clip(pred, _EPS, 1 - _EPS)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision
 
 from ggn.io import InputError, load_checkpoint
+from ggn.weights import load_pretrained_state
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,8 @@ def default_pa_config(**overrides) -> dict:
 
     cfg = {
         "backbone": "resnet50", "norm": "bn", "fpn_dim": 256, "ppm_dim": 512, "pool_scales": [1, 2, 3, 6],
-        "offsets": [list(o) for o in neighbour_offsets((1,))], "reduce": "mean",
-        "input_size": 512, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        "offsets": [list(o) for o in neighbour_offsets((1,))], "reduce": "mean", "target": "reference",
+        "input_size": 0, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
     }
     cfg.update(overrides)
     return cfg
@@ -139,20 +140,21 @@ def output_channels(config: dict) -> int:
 
 
 def build_pa_model(config: dict, pretrained: str | Path | None = None) -> PairwiseAffinityNet:
-    """The network described by a PA config; `pretrained` is a local torchvision ResNet state_dict file."""
+    """The network described by a PA config; `pretrained` is `imagenet` (torchvision's weights, through its
+    cache) or a local torchvision ResNet state_dict file."""
     model = PairwiseAffinityNet(
         backbone=config.get("backbone", "resnet50"), out_channels=output_channels(config),
         norm=config.get("norm", "bn"), fpn_dim=int(config.get("fpn_dim", 256)),
         ppm_dim=int(config.get("ppm_dim", 512)), pool_scales=tuple(config.get("pool_scales", (1, 2, 3, 6))),
     )
     if pretrained:
-        load_backbone_weights(model, pretrained)
+        load_backbone_weights(model, pretrained, config.get("backbone", "resnet50"))
     return model
 
 
-def load_backbone_weights(model: PairwiseAffinityNet, path: str | Path) -> None:
-    """Copy ImageNet weights from a local torchvision ResNet checkpoint (never downloaded here)."""
-    state = load_checkpoint(path)
+def load_backbone_weights(model: PairwiseAffinityNet, spec: str | Path, arch: str = "resnet50") -> None:
+    """Copy ImageNet weights (`imagenet` or a local torchvision ResNet checkpoint) into the backbone."""
+    state, path = load_pretrained_state(spec, arch)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -199,8 +201,11 @@ def normalize_images(images: torch.Tensor, config: dict) -> torch.Tensor:
     return (images.float() - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
-def resized_shape(height: int, width: int, input_size: int) -> tuple[int, int]:
-    """Aspect-preserving size whose long side is input_size."""
+def resized_shape(height: int, width: int, input_size: int | None) -> tuple[int, int]:
+    """Aspect-preserving size whose long side is input_size; the image's own size when input_size is 0/None
+    (native resolution, as the reference trains and extracts)."""
+    if not input_size:
+        return int(height), int(width)
     scale = input_size / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
 
@@ -221,9 +226,9 @@ def padded_size(size: int) -> int:
 def predict_affinity(model: nn.Module, images: list[np.ndarray], config: dict, device: torch.device | str,
                      input_size: int | None = None, batch_size: int = 8) -> list[np.ndarray]:
     """Affinity probabilities float32 [C,h,w] in [0,1] per image (uint8 HxWx3), at the network resolution:
-    aspect kept, long side input_size (default config["input_size"]), padding removed."""
+    aspect kept, long side input_size (None: config["input_size"]; 0: native resolution), padding removed."""
     device = torch.device(device)
-    size = int(input_size or config["input_size"])
+    size = int(config.get("input_size") or 0) if input_size is None else int(input_size)
     was_training = model.training
     model.eval()
     outputs: list[np.ndarray] = []

@@ -49,50 +49,69 @@ def _shift(x: torch.Tensor, dy: int, dx: int, margin: int, fill) -> torch.Tensor
     return padded[..., margin + dy: margin + dy + h, margin + dx: margin + dx + w]
 
 
+TARGETS = ("reference", "objects")
+
+
 def affinity_targets(instance_ids: torch.Tensor, valid: torch.Tensor | None = None,
                      offsets: Sequence[tuple[int, int]] | None = None, ignore: torch.Tensor | None = None,
-                     reduce: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Affinity of every pixel with its neighbour at each offset, and the pairs that count in the loss.
+                     reduce: str | None = None, target: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
+    """Affinity of every pixel with its neighbour at each offset, and the pixels/pairs that count in the loss.
 
     instance_ids: int [B,H,W], 0 = background. valid: bool [B,H,W], False on padding (default all True).
-    ignore: bool [B,H,W], True on crowd regions; pairs touching them do not count.
-    Returns (target float [B,C,H,W] in {0,1}, counted bool [B,C,H,W]) with C = len(offsets); a pair counts
-    when both pixels are inside the image and not padding, neither is ignored, and at least one of the two
-    is on an object (background-background pairs say nothing about grouping).
-    reduce="mean" collapses the channels to one: the mean target over the pixel's in-image, non-ignored
-    pairs, counted where any of its pairs counts (the released GGN config).
+    ignore: bool [B,H,W], True on crowd regions: those pixels never count (their neighbours see background).
+    Returns (target float [B,C,H,W], counted bool [B,C,H,W]) with C = len(offsets), or C = 1 with
+    reduce="mean" (the released GGN config, `affinity_reduction="mean"`).
+
+    target="reference" follows Generic-Grouping's `palette2affinity` / `collapse_affinity` /
+    `palette2weight` (mmdet/models/detectors/pa_predictor.py): a pair is 1 when both pixels carry the same
+    id, background-background included, and 0 when the ids differ or the neighbour lies outside the image
+    (padding counts as outside); "mean" averages over all C offsets, so the image edge reads as a weak
+    boundary. A pair counts when either pixel is on an object (bg-bg pairs are excluded from the loss);
+    after "mean", a pixel counts when any of its pairs does.
+
+    target="objects" (this project's earlier variant): a pair is 1 only inside one object; pairs leaving the
+    image are dropped and "mean" averages over the in-image pairs only.
     """
     if instance_ids.dim() != 3:
         raise ValueError(f"instance_ids must be [B,H,W], got shape {tuple(instance_ids.shape)}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if reduce not in (None, "none", "mean"):
+        raise ValueError(f"reduce must be 'mean' or 'none', got {reduce!r}")
     offsets = list(offsets) if offsets is not None else neighbour_offsets((1,))
     ids = instance_ids.long()
-    usable = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid.bool()
-    if ignore is not None:
-        usable = usable & ~ignore.bool()
+    inside = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid.bool()
+    usable = inside if ignore is None else inside & ~ignore.bool()
     margin = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    # Pad with -1 so neighbours outside the image never equal a real id; usable pads with False.
+    # Outside the image (and on padding) a neighbour's id is -1: it never equals a real id.
+    ids = torch.where(inside, ids, torch.full_like(ids, -1))
     ids_n = torch.stack([_shift(ids, dy, dx, margin, -1) for dy, dx in offsets], dim=1)
-    usable_n = torch.stack([_shift(usable, dy, dx, margin, False) for dy, dx in offsets], dim=1)
     ids_c = ids.unsqueeze(1)
     on_object = (ids_c > 0) | (ids_n > 0)
+    if target == "reference":
+        pair_target = (ids_c == ids_n).float()
+        counted = usable.unsqueeze(1) & on_object
+        if reduce == "mean":
+            return pair_target.mean(dim=1, keepdim=True), counted.any(dim=1, keepdim=True)
+        return pair_target, counted
+    usable_n = torch.stack([_shift(usable, dy, dx, margin, False) for dy, dx in offsets], dim=1)
     pair_usable = usable.unsqueeze(1) & usable_n
-    target = ((ids_c == ids_n) & (ids_c > 0)).float()
+    pair_target = ((ids_c == ids_n) & (ids_c > 0)).float()
     counted = pair_usable & on_object
-    if reduce in (None, "none"):
-        return target, counted
-    if reduce != "mean":
-        raise ValueError(f"reduce must be 'mean' or 'none', got {reduce!r}")
-    n_pairs = pair_usable.sum(dim=1, keepdim=True)
-    mean_target = (target * pair_usable).sum(dim=1, keepdim=True) / n_pairs.clamp(min=1)
-    return mean_target, counted.any(dim=1, keepdim=True)
+    if reduce == "mean":
+        n_pairs = pair_usable.sum(dim=1, keepdim=True)
+        mean_target = (pair_target * pair_usable).sum(dim=1, keepdim=True) / n_pairs.clamp(min=1)
+        return mean_target, counted.any(dim=1, keepdim=True)
+    return pair_target, counted
 
 
 def affinity_loss(logits: torch.Tensor, target: torch.Tensor, counted: torch.Tensor,
                   pos_weight: float = 0.05) -> torch.Tensor:
-    """Binary cross-entropy with positive-class weight, averaged over counted pairs only.
+    """Binary cross-entropy with positive-class weight, averaged over counted entries of each image, then
+    over the images of the batch (as the reference: per image sum / (count + 1e-5), mean over the batch).
 
     The paper weights the positive (same-instance) class by 0.05 because most counted pairs are inside
-    objects; pairs that do not count (padding, background-background, crowd) contribute nothing.
+    objects; entries that do not count (padding, background-background, crowd) contribute nothing.
     """
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
@@ -100,7 +119,11 @@ def affinity_loss(logits: torch.Tensor, target: torch.Tensor, counted: torch.Ten
     per_pair = F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=weight,
                                                   reduction="none")
     counted_f = counted.float()
-    return (per_pair * counted_f).sum() / counted_f.sum().clamp(min=1.0)
+    per_image = (per_pair * counted_f).flatten(1).sum(1) / (counted_f.flatten(1).sum(1) + _LOSS_EPS)
+    return per_image.mean()
+
+
+_LOSS_EPS = 1e-5  # pa_predictor.py's EPS: an image with nothing counted adds 0
 
 
 def masks_to_instance_ids(masks: torch.Tensor, iscrowd: torch.Tensor | None = None

@@ -22,7 +22,7 @@ from ggn.pa.targets import affinity_loss, affinity_targets, parse_offsets
 log = logging.getLogger(__name__)
 
 # Keys of the PA config that define the network and its targets: a resumed run must agree on them.
-_MODEL_KEYS = ("backbone", "norm", "fpn_dim", "ppm_dim", "pool_scales", "offsets", "reduce")
+_MODEL_KEYS = ("backbone", "norm", "fpn_dim", "ppm_dim", "pool_scales", "offsets", "reduce", "target")
 _KEEP_EPOCH_CHECKPOINTS = 2
 _WARMUP_RATIO = 0.001  # linear warm-up starts at lr * 0.001 (mmcv default used by the reference)
 
@@ -33,25 +33,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path,
                    help="final checkpoint {model, config}; per-epoch checkpoints go to OUT's folder/epochs")
     p.add_argument("--backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
-    p.add_argument("--pretrained", type=Path, default=None,
-                   help="local torchvision ResNet state_dict file; random init when omitted (no downloads)")
+    p.add_argument("--pretrained", default=None,
+                   help="`imagenet` (torchvision's ImageNet weights via its cache, $TORCH_HOME) or a local "
+                        "torchvision ResNet state_dict file; random init when omitted")
     p.add_argument("--norm", default="bn", choices=["bn", "gn"], help="BatchNorm or GroupNorm(32)")
     p.add_argument("--fpn-dim", type=int, default=256, help="channels of the FPN/fusion layers of the head")
     p.add_argument("--ppm-dim", type=int, default=512, help="channels of each pyramid-pooling branch")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--lr", type=float, default=0.02,
+                   help="SGD learning rate for a total batch of --lr-batch images, scaled linearly to the actual "
+                        "total batch (batch-size x processes)")
+    p.add_argument("--lr-batch", type=int, default=8,
+                   help="total batch that --lr is given for (reference: 0.02 for 1 image x 8 GPUs = 8)")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="training processes on this node, one per GPU (torchrun; on a CPU-only machine, gloo "
+                        "processes); the total batch is batch-size x gpus")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--lr-steps", type=int, nargs="*", default=[15], help="epochs after which lr is multiplied by 0.1")
     p.add_argument("--warmup-iters", type=int, default=500, help="linear warm-up iterations (0: none)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per process")
-    p.add_argument("--input-size", type=int, default=512, help="long side of resized images")
+    p.add_argument("--batch-size", type=int, default=1, help="images per process (reference: 1 per GPU)")
+    p.add_argument("--input-size", type=int, default=0,
+                   help="long side of resized images; 0: native resolution (the reference)")
     p.add_argument("--offsets", nargs="*", default=["1"],
                    help="neighbour offsets: an integer d = the 8 neighbours at distance d; 'dy,dx' = one offset")
     p.add_argument("--reduce", default="mean", choices=["mean", "none"],
                    help="collapse the offset channels to their mean (released GGN config) or keep one per offset")
+    p.add_argument("--target", default="reference", choices=["reference", "objects"],
+                   help="reference: pa_predictor.py's targets (same id = 1, background pairs included; outside "
+                        "the image = 0); objects: 1 only inside one object, out-of-image pairs dropped")
     p.add_argument("--pos-weight", type=float, default=0.05, help="BCE weight of the same-instance class")
-    p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                   help="random horizontal flips (the reference trains without)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="synchronise BatchNorm statistics across GPUs (the reference uses per-GPU BN)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the GPU per rank)")
@@ -64,6 +79,7 @@ def pa_config_from_args(args: argparse.Namespace) -> dict:
     return default_pa_config(
         backbone=args.backbone, norm=args.norm, fpn_dim=args.fpn_dim, ppm_dim=args.ppm_dim,
         offsets=[list(o) for o in parse_offsets(args.offsets)], reduce=args.reduce, input_size=args.input_size,
+        target=args.target,
     )
 
 
@@ -125,6 +141,8 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
     """
     if not args.train_json.is_file():
         raise InputError(f"--train-json {args.train_json} does not exist; run `ggn split` first")
+    if args.lr_batch < 1:
+        raise InputError(f"--lr-batch must be >= 1, got {args.lr_batch}")
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     device, rank, world = dist.init_distributed(args.device)
@@ -134,11 +152,11 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
     model = build_pa_model(config, pretrained=args.pretrained)
     if not args.pretrained and main:
         log.info("backbone %s starts from random initialisation (no --pretrained file given)", args.backbone)
-    if world > 1 and args.norm == "bn" and device.type == "cuda":  # SyncBatchNorm is CUDA-only
+    if args.sync_bn and world > 1 and args.norm == "bn" and device.type == "cuda":  # SyncBatchNorm is CUDA-only
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
 
-    dataset = PATrainingSet(args.train_json, args.images, input_size=args.input_size, flip=not args.no_flip,
+    dataset = PATrainingSet(args.train_json, args.images, input_size=args.input_size, flip=args.flip,
                             seed=args.seed, max_images=args.max_images)
     if len(dataset) == 0:
         raise InputError(f"{args.train_json} has no images to train on")
@@ -151,7 +169,11 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
         persistent_workers=False)
     iters_per_epoch = len(loader)
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+    lr = args.lr * args.batch_size * world / args.lr_batch  # linear scaling rule
+    if main:
+        log.info("total batch %d (%d per process x %d processes): effective lr %.5g (--lr %g for %d images)",
+                 args.batch_size * world, args.batch_size, world, lr, args.lr, args.lr_batch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, make_lr_lambda(iters_per_epoch, args.warmup_iters, args.lr_steps))
@@ -187,6 +209,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
         log.info("training %s on %d images (%d iterations/epoch, %d process(es), device %s); log: %s",
                  args.backbone, len(dataset), iters_per_epoch, world, device, log_path)
 
+    images_seen = torch.zeros(1, dtype=torch.int64)
     for epoch in range(start_epoch, args.epochs):
         model.train()
         sampler.set_epoch(epoch)
@@ -199,7 +222,8 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
             ids = batch["ids"].to(device, non_blocking=True)
             valid = batch["valid"].to(device, non_blocking=True)
             crowd = batch["crowd"].to(device, non_blocking=True)
-            target, counted = affinity_targets(ids, valid, offsets, ignore=crowd, reduce=reduce)
+            target, counted = affinity_targets(ids, valid, offsets, ignore=crowd, reduce=reduce,
+                                               target=config["target"])
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(images)
             loss = affinity_loss(logits.float(), target, counted, pos_weight=args.pos_weight)
@@ -217,6 +241,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
             window += value
             window_n += 1
             seen += images.shape[0]
+            images_seen += images.shape[0]
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if main and ((it + 1) % max(1, args.log_every) == 0 or it + 1 == iters_per_epoch):
                 _append_log(log_path, {
@@ -226,9 +251,11 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
                 window, window_n = 0.0, 0
         bar.close()
         seconds = time.perf_counter() - t0
+        per_rank = dist.gather_counts(images_seen)
         if main:
             _append_log(log_path, {"epoch": epoch + 1, "epoch_loss": total / max(1, count), "seconds": seconds,
-                                   "images_per_s": seen * world / max(seconds, 1e-9)})
+                                   "images_per_s": seen * world / max(seconds, 1e-9), "effective_lr": lr,
+                                   "total_batch": args.batch_size * world, "images_per_rank": per_rank})
             _save_epoch(args, config, dist.unwrap(model), optimizer, scheduler, epoch)
             log.info("epoch %d/%d: mean loss %.4f, %.1f s", epoch + 1, args.epochs, total / max(1, count), seconds)
         dist.barrier()
@@ -263,6 +290,8 @@ def _save_epoch(args, config, model, optimizer, scheduler, epoch: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.gpus > 1 and not dist.under_launcher():
+        return dist.relaunch(args.gpus, "train-pa", args._argv)
     try:
         train_pa(args)
     finally:

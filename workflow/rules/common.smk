@@ -110,6 +110,15 @@ def pseudo_images(wildcards):
     return train_images(wildcards)
 
 
+def pa_gpus(wildcards):
+    """GPUs (training processes) of the PA training job, all on one node."""
+    return experiment(wildcards)["pa"]["gpus"]
+
+
+def detector_gpus(wildcards):
+    return experiment(wildcards)["detector"]["gpus"]
+
+
 def pa_flags(wildcards):
     return to_flags(experiment(wildcards)["pa"])
 

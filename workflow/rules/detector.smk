@@ -15,7 +15,8 @@ rule train_detector:
         f"{RESULTS}/{{exp}}/logs/train_detector-{{variant}}.log",
     threads: 1
     resources:
-        gpu=1,
+        gpu=detector_gpus,
+        nodes=1,
         mem_mb=32000,
         runtime=3 * 24 * 60,
     shell:

@@ -15,7 +15,8 @@ rule train_pa:
         f"{RESULTS}/{{exp}}/logs/train_pa.log",
     threads: 2
     resources:
-        gpu=1,
+        gpu=pa_gpus,
+        nodes=1,
         mem_mb=32000,
         runtime=24 * 60,
     shell:
