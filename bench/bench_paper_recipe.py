@@ -1,6 +1,6 @@
 """Seconds per training iteration of the paper recipes on this CPU, beside the recipes they replaced.
 
-detector: the reference class-agnostic Mask R-CNN (ResNet-50-FPN, frozen BatchNorm, stem + stage 1 frozen,
+detector: the reference class-agnostic Mask R-CNN (ResNet-50-FPN, BatchNorm statistics fixed, stem + stage 1 frozen,
 one square anchor, L1 box losses), 2 images of 1333x800 per iteration (one GPU's share of the reference's
 batch of 16), against this project's previous default (trainable BatchNorm everywhere, three anchor ratios,
 smooth-L1 losses) on the same images.
@@ -24,7 +24,7 @@ from ggn.detector.model import build_detector, detector_config
 from ggn.pa.model import build_pa_model, default_pa_config
 from ggn.pa.targets import affinity_loss, affinity_targets
 
-PAPER_DETECTOR = dict(backbone="resnet50", norm="frozen_bn", frozen_stages=1, anchor_ratios=[1.0], box_loss="l1")
+PAPER_DETECTOR = dict(backbone="resnet50", norm="eval_bn", frozen_stages=1, anchor_ratios=[1.0], box_loss="l1")
 PREVIOUS_DETECTOR = dict(backbone="resnet50", norm="bn", frozen_stages=-1, anchor_ratios=[0.5, 1.0, 2.0],
                          box_loss="smooth_l1")
 

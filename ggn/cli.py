@@ -20,6 +20,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "train-detector": ("ggn.detector.train", "train the class-agnostic Mask R-CNN / OLN detector"),
     "predict": ("ggn.detector.predict", "detections on evaluation images (COCO results JSON)"),
     "table": ("ggn.table", "gather metrics of all experiments into results/table.{csv,md}"),
+    "recipe": ("ggn.recipe", "print the options each stage of a config's experiments receives (lr, batch, grouping)"),
 }
 
 

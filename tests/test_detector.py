@@ -287,7 +287,7 @@ def test_pretrained_resnet_weights_load_into_the_backbone(tmp_path):
     torch.save(resnet.state_dict(), path)
     from ggn.detector.model import load_pretrained
 
-    for norm, counters in (("bn", 0), ("frozen_bn", 20)):
+    for norm, counters in (("bn", 0), ("eval_bn", 0), ("frozen_bn", 20)):
         model = build_detector(detector_config(**TINY_MODEL, norm=norm))
         loaded, skipped = load_pretrained(model, path)
         assert skipped == 2  # the ImageNet classifier (fc.weight, fc.bias) has no place in the detector

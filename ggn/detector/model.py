@@ -31,7 +31,7 @@ RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "re
 DEFAULT_CONFIG: dict[str, Any] = {
     "kind": "maskrcnn",            # "maskrcnn" or "oln"
     "backbone": "resnet50",
-    "norm": "frozen_bn",           # "frozen_bn" (norm_eval, pretrained) or "bn" (trainable, from scratch)
+    "norm": "eval_bn",             # "eval_bn" (reference norm_eval), "frozen_bn" (also affine fixed), "bn" (scratch)
     "frozen_stages": 1,            # stem and stages 1..N get no gradient (mmdet's frozen_stages; -1: none)
     "anchor_ratios": [1.0],        # height/width ratios per location (reference: one square anchor)
     "box_loss": "l1",              # "l1" (reference) or "smooth_l1" (torchvision, beta 1/9), RPN and box head
@@ -71,13 +71,22 @@ def detector_config(**overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+class EvalModeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose running statistics stay fixed (always evaluated in eval mode) while its affine weight
+    and bias still train: mmdet's `norm_eval=True` with `requires_grad=True`, the reference detector's BN."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)
 
 
-def build_backbone(name: str, fpn_channels: int, norm: str = "frozen_bn", frozen_stages: int = 1) -> BackboneWithFPN:
-    """ResNet + FPN. `frozen_bn` keeps BatchNorm statistics and affine parameters fixed (the reference's
-    norm_eval with pretrained weights); from scratch it must be `bn` (frozen random statistics give NaN
-    losses). `frozen_stages` N: the stem and stages 1..N are not trained (0: stem only, -1: nothing)."""
+NORMS = {"eval_bn": EvalModeBatchNorm2d, "frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+
+
+def build_backbone(name: str, fpn_channels: int, norm: str = "eval_bn", frozen_stages: int = 1) -> BackboneWithFPN:
+    """ResNet + FPN. `eval_bn` keeps BatchNorm statistics fixed and trains its affine parameters (the
+    reference: norm_eval=True, requires_grad=True); `frozen_bn` fixes both (torchvision's FrozenBatchNorm2d,
+    as torchvision's and Detectron2's recipes); from scratch it must be `bn` (fixed random statistics give
+    NaN losses). `frozen_stages` N: the stem and stages 1..N are not trained (0: stem only, -1: nothing)."""
     if name not in RESNETS:
         raise InputError(f"unknown backbone {name!r}; choose one of {sorted(RESNETS)}")
     if norm not in NORMS:
@@ -223,8 +232,9 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
     params = list(model.parameters())
     return {"trainable_params": sum(p.numel() for p in params if p.requires_grad),
             "frozen_params": sum(p.numel() for p in params if not p.requires_grad),
-            "frozen_bn_layers": sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules()),
-            "trainable_bn_layers": sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())}
+            "fixed_statistics_bn_layers": sum(isinstance(m, (FrozenBatchNorm2d, EvalModeBatchNorm2d))
+                                              for m in model.modules()),
+            "updating_bn_layers": sum(type(m) is nn.BatchNorm2d for m in model.modules())}
 
 
 def load_detector(path: str | Path, device: torch.device | str = "cpu",

@@ -44,9 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50", "resnet101"), default=d["backbone"])
     p.add_argument("--pretrained", help="`imagenet` (torchvision's ImageNet ResNet via its cache, $TORCH_HOME), "
                                         "or a local file: ResNet state dict or a full detector checkpoint")
-    p.add_argument("--norm", choices=("auto", "frozen_bn", "bn"), default="auto",
-                   help="backbone BatchNorm: frozen_bn (statistics and affine fixed, the reference's norm_eval), "
-                        "bn (trainable); auto: frozen_bn when --pretrained, bn from scratch")
+    p.add_argument("--norm", choices=("auto", "eval_bn", "frozen_bn", "bn"), default="auto",
+                   help="backbone BatchNorm: eval_bn (statistics fixed, affine trained: the reference's norm_eval), "
+                        "frozen_bn (both fixed, torchvision's FrozenBatchNorm2d), bn (trainable); auto: eval_bn "
+                        "when --pretrained, bn from scratch")
     p.add_argument("--frozen-stages", type=int, default=None,
                    help="stem and stages 1..N get no gradient (-1: none); default 1 when --pretrained "
                         "(the reference), -1 from scratch")
@@ -112,11 +113,12 @@ def resolve_freezing(args: argparse.Namespace) -> None:
     """auto norm and frozen stages: the reference's frozen BN and stem+stage 1 with pretrained weights;
     everything trainable from scratch (frozen random statistics give NaN losses)."""
     if args.norm == "auto":
-        args.norm = "frozen_bn" if args.pretrained else "bn"
+        args.norm = "eval_bn" if args.pretrained else "bn"
     if args.frozen_stages is None:
         args.frozen_stages = 1 if args.pretrained else -1
-    if not args.pretrained and (args.norm == "frozen_bn" or args.frozen_stages >= 0):
-        raise InputError("--norm frozen_bn / --frozen-stages freeze random weights without --pretrained; "
+    if not args.pretrained and (args.norm != "bn" or args.frozen_stages >= 0):
+        raise InputError(f"--norm {args.norm} / --frozen-stages {args.frozen_stages} fix random weights without "
+                         "--pretrained; "
                          "give --pretrained imagenet (or a weights file) or use --norm bn --frozen-stages -1")
 
 

@@ -1,9 +1,9 @@
 # Config validation and every helper the rules use; rules themselves only wire files together.
-import json
 import re
-import shlex
 
 from snakemake.utils import validate
+
+from ggn.recipe import to_flags  # the same flags `ggn recipe` and the parity test resolve
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -64,25 +64,6 @@ def train_images(wildcards):
 
 def eval_images(wildcards):
     return data_path(wildcards, "eval_images")
-
-
-def to_flags(options, skip=()):
-    """{'lr_steps': [6, 7], 'amp': False} -> '--lr-steps 6 7 --no-amp' for a `ggn <step>` command."""
-    parts = []
-    for key, value in options.items():
-        if key in skip or value is None:
-            continue
-        name = key.replace("_", "-")
-        flag = f"--{name}"
-        if isinstance(value, bool):
-            parts.append(flag if value else f"--no-{name}")
-        elif isinstance(value, dict):
-            parts.append(f"{flag} {shlex.quote(json.dumps(value))}")
-        elif isinstance(value, (list, tuple)):
-            parts.append(f"{flag} {' '.join(shlex.quote(str(v)) for v in value)}")
-        else:
-            parts.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(parts)
 
 
 def synth_flags(wildcards):
