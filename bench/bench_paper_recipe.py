@@ -81,7 +81,7 @@ def pa_step_time(height: int, width: int, iters: int) -> tuple[float, float]:
     ids = (targets[0]["masks"].int() * torch.arange(1, len(targets[0]["masks"]) + 1).view(-1, 1, 1)).amax(0)[None]
 
     def step(i):
-        target, counted = affinity_targets(ids)
+        target, counted = affinity_targets(ids, reduce="mean")
         loss = affinity_loss(model(images), target, counted)
         opt.zero_grad()
         loss.backward()
