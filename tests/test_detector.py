@@ -289,7 +289,7 @@ def test_pretrained_resnet_weights_load_into_the_backbone(tmp_path):
 
     for norm, counters in (("bn", 0), ("eval_bn", 0), ("frozen_bn", 20)):
         model = build_detector(detector_config(**TINY_MODEL, norm=norm))
-        loaded, skipped = load_pretrained(model, path)
+        loaded, skipped, _ = load_pretrained(model, path)
         assert skipped == 2  # the ImageNet classifier (fc.weight, fc.bias) has no place in the detector
         # FrozenBatchNorm2d has no num_batches_tracked (20 in a ResNet-18): nothing to load, nothing skipped.
         assert loaded == len(resnet.state_dict()) - 2 - counters

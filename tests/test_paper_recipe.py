@@ -49,7 +49,8 @@ def test_imagenet_weights_come_from_torchvision_cache(torch_home):
     from ggn.detector.model import load_pretrained
 
     det = build_detector(detector_config(**TINY))
-    loaded, skipped = load_pretrained(det, "imagenet", "resnet18")
+    loaded, skipped, source = load_pretrained(det, "imagenet", "resnet18")
+    assert source.endswith("resnet18-f37072fd.pth")
     assert loaded == len(torch_home) - 2 and skipped == 2  # all but the ImageNet classifier
     assert torch.equal(det.backbone.body.layer4[0].bn2.running_mean, torch_home["layer4.0.bn2.running_mean"])
 

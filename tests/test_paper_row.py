@@ -124,7 +124,8 @@ def place_imagenet_weights(torch_home: Path) -> Path:
     assert path.is_relative_to(torch_home) and path.name == os.path.basename(url), (path, url)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    # zero-initialised last BN of each block: a random ResNet-50 whose activations do not grow with depth
+    torch.save(torchvision.models.resnet50(weights=None, zero_init_residual=True).state_dict(), path)
     return path
 
 

@@ -204,11 +204,11 @@ def use_l1_box_losses(model: MaskRCNN) -> None:
     model.roi_heads.__class__ = L1RoIHeads
 
 
-def load_pretrained(model: nn.Module, spec: str | Path, arch: str = "resnet50") -> tuple[int, int]:
+def load_pretrained(model: nn.Module, spec: str | Path, arch: str = "resnet50") -> tuple[int, int, str]:
     """Load `imagenet` (torchvision's ImageNet ResNet, through its cache) or a local weights file: a full
     detector state dict, a {"model": ...} checkpoint, or a bare ResNet state dict (keys like
     "layer1.0.conv1.weight", loaded into the backbone body). Shapes that do not fit (e.g. another number of
-    classes) are skipped. Returns (loaded tensors, skipped tensors)."""
+    classes) are skipped. Returns (loaded tensors, skipped tensors, the file they came from)."""
     state, path = load_pretrained_state(spec, arch)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
@@ -224,7 +224,7 @@ def load_pretrained(model: nn.Module, spec: str | Path, arch: str = "resnet50") 
         raise InputError(f"no tensor in {path} fits the {type(model).__name__} backbone; is it a ResNet of the "
                          "same depth as --backbone?")
     model.load_state_dict(fitting, strict=False)
-    return len(fitting), len(state) - len(fitting)
+    return len(fitting), len(state) - len(fitting), path
 
 
 def trainable_summary(model: nn.Module) -> dict[str, int]:

@@ -166,8 +166,10 @@ def run(args: argparse.Namespace) -> int:
     config = model_config(args)
     model = build_detector(config).to(device)
     if args.pretrained:
-        loaded, skipped = load_pretrained(model, args.pretrained, args.backbone)
-        log.info("loaded %d tensors from %s (%d did not fit)", loaded, args.pretrained, skipped)
+        loaded, skipped, source = load_pretrained(model, args.pretrained, args.backbone)
+        if is_main_process():
+            log.info("loaded %d tensors from %s (%s; %d did not fit, e.g. an ImageNet classifier)",
+                     loaded, args.pretrained, source, skipped)
     lr = effective_lr(args.lr, args.batch_size, world, args.lr_batch)
     if is_main_process():
         log.info("total batch %d (%d per process x %d processes): effective lr %.5g (--lr %g for %d images); %s",
