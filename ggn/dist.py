@@ -13,6 +13,27 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 
+def add_batch_arguments(p, lr_batch: int, reference: str) -> None:
+    """--lr, --lr-batch and --gpus of a training command: the lr is given for a total batch and scaled to the
+    one actually run (`effective_lr`)."""
+    p.add_argument("--lr", type=float, default=0.02,
+                   help="SGD learning rate for a total batch of --lr-batch images; scaled linearly to the "
+                        "actual total batch (batch-size x gpus)")
+    p.add_argument("--lr-batch", type=int, default=lr_batch, help=f"total batch that --lr is given for ({reference})")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="training processes on this node, one per GPU (torchrun; on a CPU-only machine, gloo "
+                        "processes); the total batch is batch-size x gpus")
+
+
+def effective_lr(lr: float, batch_size: int, world: int, lr_batch: int) -> float:
+    """Linear scaling rule (Goyal et al. 2017): lr x total batch / the batch that lr was given for."""
+    if lr_batch < 1:
+        from ggn.io import InputError
+
+        raise InputError(f"--lr-batch (config `lr_batch`) must be >= 1, got {lr_batch}")
+    return lr * batch_size * world / lr_batch
+
+
 def under_launcher() -> bool:
     """True inside a process started by torchrun (or another launcher that sets the env:// variables)."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ

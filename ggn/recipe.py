@@ -76,7 +76,8 @@ def parse_step(step: str, argv: list[str]) -> argparse.Namespace:
 def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
     """{block: options} as each stage receives them, plus what the stage derives from them at run time."""
     import pa_lib
-    from ggn.detector.train import effective_lr, resolve_freezing
+    from ggn.detector.train import resolve_freezing
+    from ggn.dist import effective_lr
 
     out: dict[str, dict[str, Any]] = {}
     for block, (step, required, skip) in STAGES.items():
@@ -88,7 +89,7 @@ def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
         options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         if block == "pa":
             options["total_batch"] = args.batch_size * args.gpus
-            options["effective_lr"] = args.lr * options["total_batch"] / args.lr_batch
+            options["effective_lr"] = effective_lr(args.lr, args.batch_size, args.gpus, args.lr_batch)
         elif block == "detector":
             resolve_freezing(args)
             options.update(norm=args.norm, frozen_stages=args.frozen_stages,

@@ -13,7 +13,8 @@ import torchvision
 from ggn.coco_data import collate
 from ggn.detector.data import build_training_dataset
 from ggn.detector.model import EvalModeBatchNorm2d, L1RPN, build_detector, detector_config
-from ggn.detector.train import effective_lr, resolve_freezing
+from ggn.detector.train import resolve_freezing
+from ggn.dist import effective_lr
 from ggn.io import InputError
 from ggn.pa.model import build_pa_model, default_pa_config
 from ggn.weights import imagenet_weights_file, load_pretrained_state

@@ -18,8 +18,8 @@ from ggn.coco_data import collate
 from ggn.detector.data import build_training_dataset
 from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained
 from ggn.detector.model import trainable_summary
-from ggn.dist import (barrier, cleanup, gather_counts, init_distributed, is_main_process, relaunch,
-                      under_launcher, unwrap)
+from ggn.dist import (add_batch_arguments, barrier, cleanup, effective_lr, gather_counts, init_distributed,
+                      is_main_process, relaunch, under_launcher, unwrap)
 from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box-loss", choices=("l1", "smooth_l1"), default=d["box_loss"],
                    help="box regression loss of RPN and box head (reference: L1)")
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.02,
-                   help="SGD learning rate for a total batch of --lr-batch images; scaled linearly to the "
-                        "actual total batch (batch-size x processes)")
-    p.add_argument("--lr-batch", type=int, default=16,
-                   help="total batch that --lr is given for (reference: 0.02 for 2 images x 8 GPUs = 16)")
-    p.add_argument("--gpus", type=int, default=1,
-                   help="training processes on this node, one per GPU (torchrun; on a CPU-only machine, "
-                        "gloo processes); the total batch is batch-size x gpus")
+    add_batch_arguments(p, lr_batch=16, reference="the reference: 0.02 for 2 images x 8 GPUs = 16")
     p.add_argument("--lr-steps", type=int, nargs="*", default=[6, 7], help="epochs after which lr drops 10x")
     p.add_argument("--warmup-iters", type=int, default=500, help="linear warm-up from 0.001*lr")
     p.add_argument("--momentum", type=float, default=0.9)
@@ -126,10 +119,6 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in MODEL_FLAGS} | {
         k: DEFAULT_CONFIG[k] for k in DEFAULT_CONFIG if k not in MODEL_FLAGS}
 
-
-def effective_lr(lr: float, batch_size: int, world: int, lr_batch: int) -> float:
-    """Linear scaling rule (Goyal et al. 2017): lr x total batch / the batch that lr was given for."""
-    return lr * batch_size * world / lr_batch
 
 
 def rng_state() -> dict[str, Any]:

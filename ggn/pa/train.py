@@ -40,14 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fpn-dim", type=int, default=256, help="channels of the FPN/fusion layers of the head")
     p.add_argument("--ppm-dim", type=int, default=512, help="channels of each pyramid-pooling branch")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.02,
-                   help="SGD learning rate for a total batch of --lr-batch images, scaled linearly to the actual "
-                        "total batch (batch-size x processes)")
-    p.add_argument("--lr-batch", type=int, default=8,
-                   help="total batch that --lr is given for (reference: 0.02 for 1 image x 8 GPUs = 8)")
-    p.add_argument("--gpus", type=int, default=1,
-                   help="training processes on this node, one per GPU (torchrun; on a CPU-only machine, gloo "
-                        "processes); the total batch is batch-size x gpus")
+    dist.add_batch_arguments(p, lr_batch=8, reference="the reference: 0.02 for 1 image x 8 GPUs = 8")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--lr-steps", type=int, nargs="*", default=[15], help="epochs after which lr is multiplied by 0.1")
@@ -141,8 +134,6 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
     """
     if not args.train_json.is_file():
         raise InputError(f"--train-json {args.train_json} does not exist; run `ggn split` first")
-    if args.lr_batch < 1:
-        raise InputError(f"--lr-batch must be >= 1, got {args.lr_batch}")
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     device, rank, world = dist.init_distributed(args.device)
@@ -169,7 +160,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
         persistent_workers=False)
     iters_per_epoch = len(loader)
 
-    lr = args.lr * args.batch_size * world / args.lr_batch  # linear scaling rule
+    lr = dist.effective_lr(args.lr, args.batch_size, world, args.lr_batch)
     if main:
         log.info("total batch %d (%d per process x %d processes): effective lr %.5g (--lr %g for %d images)",
                  args.batch_size * world, args.batch_size, world, lr, args.lr, args.lr_batch)
