@@ -123,6 +123,37 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise InputError(f"cannot load checkpoint {path} with weights_only=True: {e}") from None
 
 
+# Options that change how a training runs, not what it computes: a resumed run may differ in them.
+RUN_ONLY_OPTIONS = frozenset({"device", "workers", "threads", "log_every", "verbose", "out", "amp"})
+
+
+def training_fingerprint(args: Any, inputs: list, ignore: tuple = ("epochs",)) -> str:
+    """Hash of a training run's options and input files. An epoch checkpoint is resumed only by a run with
+    the same fingerprint: after a change of the annotations, the pseudo-GT or a hyper-parameter (a Snakemake
+    rerun), training starts afresh instead of continuing the old run. Files are hashed by content; folders
+    (a pseudo-GT store) by their files' names, sizes and modification times. The epoch count is left out: the
+    schedule does not depend on it (steps are explicit epochs), so a longer run continues a shorter one."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    options = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_") and k not in RUN_ONLY_OPTIONS and k not in ignore}
+    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
+    for item in inputs:
+        if item is None:
+            continue
+        path = Path(item)
+        digest.update(str(path).encode())
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                st = f.stat()
+                digest.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        elif path.is_file():
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

@@ -244,6 +244,23 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_coco, tmp_path
     assert sorted(p.name for p in (resumed.parent / "epochs").iterdir()) == ["epoch_001.pt"]
 
 
+def test_other_pseudo_gt_trains_afresh(tiny_coco, tmp_path):
+    """A Snakemake rerun after merge.top_k changed: the ggn detector's old epoch checkpoints are not resumed."""
+    out = tmp_path / "ggn" / "checkpoint.pt"
+    pseudo, _, _ = _pseudo_gt(tiny_coco, tmp_path)
+    assert _train(tiny_coco, out, 1, "--variant", "ggn", "--pseudo-gt", str(pseudo), "--max-images", "2") == 0
+    first = load_checkpoint(out)["model"]
+    data = json.loads(pseudo.read_text())
+    data["annotations"] = data["annotations"][:1]
+    pseudo.write_text(json.dumps(data))  # same file, fewer pseudo-GT masks
+    assert _train(tiny_coco, out, 1, "--variant", "ggn", "--pseudo-gt", str(pseudo), "--max-images", "2") == 0
+    epochs = [r["epoch"] for r in map(json.loads, (out.parent / "train_log.jsonl").read_text().splitlines())
+              if "mean" in r]
+    assert epochs == [1, 1]  # trained again, not "resumed past the end"
+    assert not torch.equal(first["roi_heads.box_predictor.cls_score.weight"],
+                           load_checkpoint(out)["model"]["roi_heads.box_predictor.cls_score.weight"])
+
+
 def test_load_detector_round_trip(tiny_coco, tmp_path):
     torch.manual_seed(0)
     config = detector_config(**TINY_MODEL)

@@ -20,7 +20,7 @@ from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained
 from ggn.detector.model import trainable_summary
 from ggn.dist import (add_batch_arguments, barrier, cleanup, effective_lr, gather_counts, init_distributed,
                       is_main_process, relaunch, under_launcher, unwrap)
-from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything
+from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything, training_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +184,20 @@ def run(args: argparse.Namespace) -> int:
     epoch_dir = out.parent / "epochs"
     log_path = out.parent / "train_log.jsonl"
     start_epoch = 0
+    fingerprint = training_fingerprint(args, [args.train_json, args.pseudo_gt, args.pseudo_store])
     resume = latest_epoch_checkpoint(epoch_dir)
-    if resume is not None:
-        state = load_checkpoint(resume)
-        if state.get("config") != config:
-            raise InputError(f"{resume} was written with another model config; delete {epoch_dir} to start over "
-                             "or train with the same flags")
+    state = load_checkpoint(resume) if resume is not None else None
+    if state is not None and (state.get("fingerprint") != fingerprint or state.get("config") != config
+                              or state["epoch"] + 1 > args.epochs):
+        if is_main_process():
+            log.warning("%s belongs to another run (its options, training data or a longer schedule differ): "
+                        "training afresh", resume)
+        barrier()
+        if is_main_process():
+            for old in epoch_dir.glob("epoch_*.pt"):
+                old.unlink(missing_ok=True)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -197,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         set_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
         log.info("resuming from %s at epoch %d", resume, start_epoch + 1)
+    barrier()
     images_seen = torch.zeros(1, dtype=torch.int64)
     if world > 1:
         if device.type == "cuda":  # a couple of images per GPU make per-process BN statistics too noisy
@@ -255,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
             path = epoch_dir / f"epoch_{epoch:03d}.pt"
             atomic_torch_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                               "epoch": epoch, "rng": rng_state(), "config": config}, path)
+                               "epoch": epoch, "rng": rng_state(), "config": config,
+                               "fingerprint": fingerprint}, path)
             for old in epoch_dir.glob("epoch_*.pt"):  # one resumable state is enough; they are large
                 if old != path:
                     old.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from ggn import dist
-from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything
+from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything, training_fingerprint
 from ggn.pa.data import PATrainingSet, collate_padded
 from ggn.pa.model import build_pa_model, default_pa_config, normalize_images
 from ggn.pa.targets import affinity_loss, affinity_targets, parse_offsets
@@ -170,14 +170,20 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
         optimizer, make_lr_lambda(iters_per_epoch, args.warmup_iters, args.lr_steps))
 
     start_epoch = 0
+    fingerprint = training_fingerprint(args, [args.train_json])
     resume_from = latest_epoch_checkpoint(args.out)
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, map_location="cpu")
-        saved = {k: ckpt["config"].get(k) for k in _MODEL_KEYS}
-        wanted = {k: config.get(k) for k in _MODEL_KEYS}
-        if saved != wanted:
-            raise InputError(f"{resume_from} was trained with {saved}, but this run asks for {wanted}; "
-                             f"delete {epoch_dir(args.out)} to start afresh or use another --out folder")
+    ckpt = load_checkpoint(resume_from, map_location="cpu") if resume_from is not None else None
+    if ckpt is not None and (ckpt.get("fingerprint") != fingerprint or int(ckpt["epoch"]) + 1 > args.epochs
+                             or any(ckpt["config"].get(k) != config.get(k) for k in _MODEL_KEYS)):
+        if main:
+            log.warning("%s belongs to another run (its options, training data or a longer schedule differ): "
+                        "training afresh", resume_from)
+        dist.barrier()
+        if main:
+            for old in epoch_dir(args.out).glob("epoch_*.pt"):
+                old.unlink(missing_ok=True)
+        ckpt = None
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -185,6 +191,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
         start_epoch = int(ckpt["epoch"]) + 1
         if main:
             log.info("resuming from %s (epoch %d of %d done)", resume_from, start_epoch, args.epochs)
+    dist.barrier()
 
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -247,7 +254,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
             _append_log(log_path, {"epoch": epoch + 1, "epoch_loss": total / max(1, count), "seconds": seconds,
                                    "images_per_s": seen * world / max(seconds, 1e-9), "effective_lr": lr,
                                    "total_batch": args.batch_size * world, "images_per_rank": per_rank})
-            _save_epoch(args, config, dist.unwrap(model), optimizer, scheduler, epoch)
+            _save_epoch(args, config, dist.unwrap(model), optimizer, scheduler, epoch, fingerprint)
             log.info("epoch %d/%d: mean loss %.4f, %.1f s", epoch + 1, args.epochs, total / max(1, count), seconds)
         dist.barrier()
         if on_epoch_end is not None:
@@ -268,13 +275,13 @@ def _append_log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _save_epoch(args, config, model, optimizer, scheduler, epoch: int) -> None:
+def _save_epoch(args, config, model, optimizer, scheduler, epoch: int, fingerprint: str) -> None:
     folder = epoch_dir(args.out)
     path = folder / f"epoch_{epoch:03d}.pt"
     atomic_torch_save({
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-        "rng": _rng_state(), "config": config, "args": _jsonable_args(args),
+        "rng": _rng_state(), "config": config, "args": _jsonable_args(args), "fingerprint": fingerprint,
     }, path)
     for old in sorted(folder.glob("epoch_*.pt"))[:-_KEEP_EPOCH_CHECKPOINTS]:
         old.unlink(missing_ok=True)
