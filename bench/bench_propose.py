@@ -26,16 +26,18 @@ from pa_lib.grouping import DEFAULTS, _doubled_angle_at, oversegment  # noqa: E4
 from pa_lib.synthetic import potential_from_labels, random_label_map, recall  # noqa: E402
 
 SETTINGS = {
-    "orientation+globalization": dict(orientation=True, globalization=0.5),
-    "plain": dict(orientation=False, globalization=0.0),
-    # The previous defaults, as the baseline for the ranking changes (image edge in the ring, internal-contour penalty).
-    "o+g, no edge/internal": dict(orientation=True, globalization=0.5, edge_in_ring=False, internal_penalty=0.0),
+    # The reference's extraction settings (pa_extract.py): propose()'s defaults.
+    "paper (o+g)": dict(pa_lib.PAPER_SETTINGS),
+    "plain": dict(pa_lib.PAPER_SETTINGS, orientation=False, globalization=0.0),
+    # `grouping: extended`: plus this project's four additions (seed_threshold, max_border_fraction,
+    # edge_in_ring, internal_penalty).
+    "extended (o+g)": dict(pa_lib.EXTENDED_SETTINGS),
 }
 # Reference seconds per image (issue text; one core, extraction settings unless "plain").
 REFERENCE_S = {
-    ("500x375", "orientation+globalization"): "4.2",
+    ("500x375", "paper (o+g)"): "4.2",
     ("500x375", "plain"): "0.5-1.0",
-    ("512x512/125", "orientation+globalization"): "9.7",
+    ("512x512/125", "paper (o+g)"): "9.7",
 }
 
 
@@ -126,7 +128,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maps", type=int, default=4, help="random maps per object count at 500x375 (default 4)")
     args = parser.parse_args()
-    print("pa_lib.propose, one core; defaults:", {k: v for k, v in DEFAULTS.items() if k not in SETTINGS["plain"]})
+    print("pa_lib.propose, one core; settings: paper =", {k: v for k, v in DEFAULTS.items() if k != "use_kernels"},
+          "; extended adds", pa_lib.ADDITIONS)
     print("s/image: mean over maps of the best of 2 runs per map. Timings on a shared machine: treat small"
           " differences as noise.\n")
     seeds = tuple(range(args.maps))
