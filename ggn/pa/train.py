@@ -52,9 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="neighbour offsets: an integer d = the 8 neighbours at distance d; 'dy,dx' = one offset")
     p.add_argument("--reduce", default="mean", choices=["mean", "none"],
                    help="collapse the offset channels to their mean (released GGN config) or keep one per offset")
-    p.add_argument("--target", default="reference", choices=["reference", "objects"],
-                   help="reference: pa_predictor.py's targets (same id = 1, background pairs included; outside "
-                        "the image = 0); objects: 1 only inside one object, out-of-image pairs dropped")
     p.add_argument("--pos-weight", type=float, default=0.05, help="BCE weight of the same-instance class")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
                    help="random horizontal flips (the reference trains without)")
@@ -72,7 +69,7 @@ def pa_config_from_args(args: argparse.Namespace) -> dict:
     return default_pa_config(
         backbone=args.backbone, norm=args.norm, fpn_dim=args.fpn_dim, ppm_dim=args.ppm_dim,
         offsets=[list(o) for o in parse_offsets(args.offsets)], reduce=args.reduce, input_size=args.input_size,
-        target=args.target,
+        target="reference",
     )
 
 
