@@ -13,7 +13,7 @@ import torchvision
 from ggn.coco_data import collate
 from ggn.detector.data import build_training_dataset
 from ggn.detector.model import EvalModeBatchNorm2d, L1RPN, build_detector, detector_config
-from ggn.detector.train import resolve_freezing
+from ggn.detector.train import resolve_freezing, sync_trainable_batchnorm
 from ggn.dist import effective_lr
 from ggn.io import InputError
 from ggn.pa.model import build_pa_model, default_pa_config
@@ -90,6 +90,17 @@ def test_reference_freezing_and_eval_mode_batchnorm(tiny_coco):
     # one square anchor per location (scale 8 x stride)
     assert model.rpn.anchor_generator.num_anchors_per_location() == [1] * 5
     assert model.rpn.head.cls_logits.out_channels == 1
+
+
+def test_multi_gpu_keeps_fixed_batchnorm_statistics():
+    # On several GPUs only trainable BN becomes SyncBatchNorm; the reference's norm_eval BN must stay fixed.
+    for norm, synced in (("eval_bn", 0), ("frozen_bn", 0), ("bn", 20)):
+        frozen = -1 if norm == "bn" else 1
+        model = build_detector(detector_config(**TINY, norm=norm, frozen_stages=frozen))
+        model = sync_trainable_batchnorm(model, norm, "cuda")  # module replacement only: runs on CPU too
+        assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()) == synced, norm
+    model = build_detector(detector_config(**TINY, norm="bn", frozen_stages=-1))
+    assert sync_trainable_batchnorm(model, "bn", "cpu") is model  # gloo: no SyncBatchNorm
 
 
 def test_freezing_follows_pretrained():

@@ -16,8 +16,7 @@ from tqdm import tqdm
 
 from ggn.coco_data import collate
 from ggn.detector.data import build_training_dataset
-from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained
-from ggn.detector.model import trainable_summary
+from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained, trainable_summary
 from ggn.dist import (add_batch_arguments, barrier, cleanup, effective_lr, gather_counts, init_distributed,
                       is_main_process, relaunch, under_launcher, unwrap)
 from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything, training_fingerprint
@@ -25,9 +24,10 @@ from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everythi
 log = logging.getLogger(__name__)
 
 # Training flags that become part of the model config (the rest only shape the optimisation).
-MODEL_FLAGS = ("kind", "backbone", "norm", "frozen_stages", "anchor_ratios", "box_loss", "fpn_channels", "representation_size", "mask_channels", "mask_layers", "anchor_sizes",
-               "min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
-               "rpn_batch_size_per_image", "box_batch_size_per_image")
+MODEL_FLAGS = ("kind", "backbone", "norm", "frozen_stages", "anchor_ratios", "box_loss", "fpn_channels",
+               "representation_size", "mask_channels", "mask_layers", "anchor_sizes", "min_size", "max_size",
+               "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_batch_size_per_image",
+               "box_batch_size_per_image")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -120,6 +120,13 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
         k: DEFAULT_CONFIG[k] for k in DEFAULT_CONFIG if k not in MODEL_FLAGS}
 
 
+def sync_trainable_batchnorm(model: torch.nn.Module, norm: str, device_type: str) -> torch.nn.Module:
+    """Across GPUs, trainable BN (from scratch) shares its statistics: a couple of images per GPU are too few.
+    Fixed-statistics BN (eval_bn, frozen_bn: the reference's norm_eval) must stay as it is: SyncBatchNorm would
+    update the pretrained statistics. SyncBatchNorm is CUDA-only."""
+    if norm == "bn" and device_type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
@@ -208,8 +215,7 @@ def run(args: argparse.Namespace) -> int:
     barrier()
     images_seen = torch.zeros(1, dtype=torch.int64)
     if world > 1:
-        if device.type == "cuda":  # a couple of images per GPU make per-process BN statistics too noisy
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = sync_trainable_batchnorm(model, config["norm"], device.type)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     for epoch in range(start_epoch, args.epochs):
