@@ -1,27 +1,31 @@
 """OLN heads (Kim et al. 2022): objectness learned as localization quality instead of object-vs-background.
 
-Facts from mcahny/object_localization_network (configs/oln_box/oln_box.py): one square anchor per location;
-the RPN's classification loss has weight 0, its box loss is a linear IoU loss (weight 10) on decoded boxes of
-anchors matched at IoU 0.7/0.3 (256 sampled, half positive), and its objectness is an L1 regression of the
-centerness of up to 256 anchors with IoU > 0.3 (no background samples). Proposals are not NMS-ed (threshold
-1.0). The box head drops classification for a predicted IoU with the matched ground truth (L1, positives only,
-512 RoIs at 1/4 positive), keeps class-agnostic box regression, and the final score is the geometric mean of
-RPN centerness and box IoU. Here the box deltas keep torchvision's XYWH coder (the reference uses TBLR).
+Follows the OLN-Box of Generic-Grouping (configs/oln_box/oln_box.py, mmdet/models/dense_heads/oln_rpn_head.py,
+roi_heads/oln_roi_head.py, bbox_heads/convfc_bbox_score_head.py; docs/parity.md gives file and line):
+- RPN: one square anchor per location; a 3x3 conv whose features are L2-normalised over channels, then box
+  and objectness 1x1 convs (the classification branch has loss weight 0 and its score is unused: omitted).
+  Only anchors entirely inside the image train. Boxes: TBLR coding (normaliser 1) and a linear IoU loss
+  (weight 10) on the decoded boxes of anchors assigned at IoU 0.7/0.3 (low-quality matches from 0.3), 256
+  sampled, half positive. Objectness: an L1 regression of sigmoid(logit) to the FCOS centerness of anchors
+  assigned at IoU 0.3/0.1; 256 sampled with positive fraction 1.0, so images with fewer positives fill the
+  sample with IoU < 0.1 anchors at target 0 (the config's "ratio 0 for negatives" comment notwithstanding).
+  Both losses are divided by the number of anchors the box sampler drew. Proposals: sigmoid(objectness),
+  the top 2000 anchors per level, decoded and clipped, no NMS (about 7.3k for 1333x800).
+- Box head: predicted IoU of each sampled proposal (before regression) with its matched ground truth, L1 on
+  positives averaged over all sampled RoIs; class-agnostic XYWH regression with L1; final score
+  sqrt(rpn objectness x box IoU).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
-from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
+
 from torchvision.ops import boxes as box_ops
 
 RPN_BOX_LOSS_WEIGHT = 10.0
-OBJECTNESS_IOU_THRESH = 0.3
-OBJECTNESS_SAMPLES = 256
 
 
 def centerness(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
@@ -45,55 +49,152 @@ def aligned_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / (area_a + area_b - inter).clamp(min=1e-6)
 
 
-class OlnRPN(RegionProposalNetwork):
-    """RPN whose objectness logit regresses centerness; returns proposals as [N,5] (box, score) so that the
-    OLN box head can combine both scores."""
+def tblr_encode(anchors: Tensor, boxes: Tensor, normalizer: float = 1.0) -> Tensor:
+    """mmdet TBLRBBoxCoder.encode: distances (top, bottom, left, right) from the anchor centre to the box sides,
+    divided by the anchor's height (top, bottom) and width (left, right) and by `normalizer`."""
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2
+    cy = (anchors[:, 1] + anchors[:, 3]) / 2
+    w = anchors[:, 2] - anchors[:, 0]
+    h = anchors[:, 3] - anchors[:, 1]
+    tblr = torch.stack([cy - boxes[:, 1], boxes[:, 3] - cy, cx - boxes[:, 0], boxes[:, 2] - cx], dim=1)
+    return tblr / torch.stack([h, h, w, w], dim=1) / normalizer
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.objectness_matcher = det_utils.Matcher(OBJECTNESS_IOU_THRESH, OBJECTNESS_IOU_THRESH,
-                                                    allow_low_quality_matches=False)
+
+def tblr_decode(anchors: Tensor, tblr: Tensor, normalizer: float = 1.0, image_size=None) -> Tensor:
+    """Inverse of `tblr_encode` (linear, no exp); boxes clipped to `image_size` (h, w) when given."""
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2
+    cy = (anchors[:, 1] + anchors[:, 3]) / 2
+    w = anchors[:, 2] - anchors[:, 0]
+    h = anchors[:, 3] - anchors[:, 1]
+    t, b, l, r = (tblr * normalizer).unbind(dim=1)
+    boxes = torch.stack([cx - l * w, cy - t * h, cx + r * w, cy + b * h], dim=1)
+    if image_size is not None:
+        boxes = box_ops.clip_boxes_to_image(boxes, image_size)
+    return boxes
+
+
+def max_iou_assign(ious: Tensor, pos_thr: float, neg_thr: float, min_pos_iou: float) -> Tensor:
+    """mmdet MaxIoUAssigner with low-quality matching: per anchor (column of `ious` [G, A]) the index of its
+    ground truth, -1 for negatives (IoU < neg_thr), -2 for ignored. Each ground truth also claims every
+    anchor tied at its own highest IoU, when that IoU is at least min_pos_iou."""
+    num_anchors = ious.shape[1]
+    assigned = torch.full((num_anchors,), -2, dtype=torch.int64, device=ious.device)
+    if ious.shape[0] == 0:
+        assigned[:] = -1
+        return assigned
+    best, best_gt = ious.max(dim=0)
+    assigned[(best >= 0) & (best < neg_thr)] = -1
+    assigned[best >= pos_thr] = best_gt[best >= pos_thr]
+    gt_best = ious.max(dim=1).values
+    for g in range(ious.shape[0]):
+        if gt_best[g] >= min_pos_iou:
+            assigned[ious[g] == gt_best[g]] = g
+    return assigned
+
+
+def random_sample(assigned: Tensor, num: int, pos_fraction: float) -> tuple[Tensor, Tensor]:
+    """mmdet RandomSampler: up to num x pos_fraction random positives, negatives filling the rest to num."""
+    pos = torch.where(assigned >= 0)[0]
+    neg = torch.where(assigned == -1)[0]
+    pos = pos[torch.randperm(pos.numel(), device=pos.device)[:int(num * pos_fraction)]]
+    neg = neg[torch.randperm(neg.numel(), device=neg.device)[:max(0, num - pos.numel())]]
+    return pos, neg
+
+
+def flatten_levels(objectness: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-level [B,1,H,W] and [B,4,H,W] maps (one anchor per location) -> [B, sum HW] and [B, sum HW, 4] in the
+    anchor generator's order (level, then row, then column)."""
+    return (torch.cat([o.permute(0, 2, 3, 1).flatten(1) for o in objectness], dim=1),
+            torch.cat([d.permute(0, 2, 3, 1).reshape(d.shape[0], -1, 4) for d in deltas], dim=1))
+
+
+class OlnRPNHead(nn.Module):
+    """3x3 conv + ReLU, L2-normalised over channels, then 1x1 convs for TBLR box deltas and objectness."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(in_channels, 4, 1)
+        self.objectness = nn.Conv2d(in_channels, 1, 1)
+        for layer in (self.conv, self.bbox_pred, self.objectness):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        objectness, deltas = [], []
+        for x in features:
+            x = F.normalize(F.relu(self.conv(x)), p=2, dim=1)
+            objectness.append(self.objectness(x))
+            deltas.append(self.bbox_pred(x))
+        return objectness, deltas
+
+
+class OlnRPN(nn.Module):
+    """The OLN region proposal network; returns proposals as [N,5] (box, objectness) so that the box head
+    can combine both scores."""
+
+    BOX_ASSIGN = (0.7, 0.3, 0.3)  # pos, neg, min_pos IoU
+    BOX_SAMPLES, BOX_POS_FRACTION = 256, 0.5
+    OBJECTNESS_ASSIGN = (0.3, 0.1, 0.3)
+    OBJECTNESS_SAMPLES, OBJECTNESS_POS_FRACTION = 256, 1.0
+
+    def __init__(self, anchor_generator, head: OlnRPNHead, pre_nms_top_n: dict[str, int]):
+        super().__init__()
+        self.anchor_generator = anchor_generator
+        self.head = head
+        self._pre_nms_top_n = pre_nms_top_n  # proposals per level (top by objectness); no NMS follows
 
     def forward(self, images: ImageList, features: dict[str, Tensor], targets=None):
         features = list(features.values())
         objectness, deltas = self.head(features)
-        anchors = self.anchor_generator(images, features)
-        num_per_level = [o[0].numel() for o in objectness]
-        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
-        proposals = self.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
-        boxes, scores = self.filter_proposals(proposals, objectness, images.image_sizes, num_per_level)
-        boxes = [torch.cat([b, s[:, None]], 1) for b, s in zip(boxes, scores)]
+        anchors = self.anchor_generator(images, features)  # per image: all levels, level-major
+        per_level = [o[0].numel() for o in objectness]
+        objectness, deltas = flatten_levels(objectness, deltas)
+        proposals = self.proposals(anchors, objectness.detach(), deltas.detach(), images.image_sizes, per_level)
         losses = {}
         if self.training:
-            losses = self.oln_losses(anchors, objectness.flatten(), deltas, targets)
-        return boxes, losses
+            losses = self.losses(anchors, objectness, deltas, images.image_sizes, targets)
+        return proposals, losses
 
-    def oln_losses(self, anchors: list[Tensor], objectness: Tensor, deltas: Tensor, targets) -> dict[str, Tensor]:
-        labels, matched = self.assign_targets_to_anchors(anchors, targets)
-        pos, neg = self.fg_bg_sampler(labels)
-        num_sampled = max(1, int(torch.cat(pos).sum() + torch.cat(neg).sum()))
-        pos = torch.where(torch.cat(pos))[0]
-        all_anchors, all_matched = torch.cat(anchors), torch.cat(matched)
-        pred = self.box_coder.decode_single(deltas[pos], all_anchors[pos])
-        box_loss = RPN_BOX_LOSS_WEIGHT * (1 - aligned_iou(pred, all_matched[pos])).sum() / num_sampled
+    def proposals(self, anchors, objectness, deltas, image_sizes, per_level) -> list[Tensor]:
+        top_n = self._pre_nms_top_n["training" if self.training else "testing"]
+        out = []
+        for i, (anchors_i, size) in enumerate(zip(anchors, image_sizes)):
+            keep, offset = [], 0
+            for n in per_level:
+                scores = objectness[i, offset:offset + n]
+                keep.append(offset + scores.topk(min(top_n, n)).indices)
+                offset += n
+            keep = torch.cat(keep)
+            boxes = tblr_decode(anchors_i[keep], deltas[i, keep], image_size=size)
+            out.append(torch.cat([boxes, objectness[i, keep].sigmoid()[:, None]], dim=1))
+        return out
 
-        # Objectness: centerness of a random subset of anchors overlapping a box at IoU > 0.3, positives only.
-        obj_inds, obj_targets, offset = [], [], 0
-        for anchors_i, target in zip(anchors, targets):
+    def losses(self, anchors, objectness, deltas, image_sizes, targets) -> dict[str, Tensor]:
+        box_terms, obj_terms, num_sampled = [], [], 0
+        for i, (anchors_i, size, target) in enumerate(zip(anchors, image_sizes, targets)):
+            h, w = size
+            inside = torch.where((anchors_i[:, 0] >= 0) & (anchors_i[:, 1] >= 0) & (anchors_i[:, 2] < w)
+                                 & (anchors_i[:, 3] < h))[0]  # mmdet allowed_border=0
             gt = target["boxes"]
-            if gt.numel():
-                match = self.objectness_matcher(self.box_similarity(gt, anchors_i))
-                inds = torch.where(match >= 0)[0]
-                inds = inds[torch.randperm(inds.numel(), device=inds.device)[:OBJECTNESS_SAMPLES]]
-                obj_inds.append(inds + offset)
-                obj_targets.append(centerness(anchors_i[inds], gt[match[inds]]))
-            offset += anchors_i.shape[0]
-        if obj_inds:
-            inds = torch.cat(obj_inds)
-            obj_loss = F.l1_loss(objectness[inds].sigmoid(), torch.cat(obj_targets), reduction="sum") / max(1, inds.numel())
-        else:
-            obj_loss = objectness.sum() * 0.0
-        return {"loss_objectness": obj_loss, "loss_rpn_box_reg": box_loss}
+            ious = box_ops.box_iou(gt, anchors_i[inside])
+            assigned = max_iou_assign(ious, *self.BOX_ASSIGN)
+            pos, neg = random_sample(assigned, self.BOX_SAMPLES, self.BOX_POS_FRACTION)
+            num_sampled += max(pos.numel(), 1) + max(neg.numel(), 1)
+            if pos.numel():
+                a = inside[pos]
+                pred = tblr_decode(anchors_i[a], deltas[i, a])  # not clipped, as the reference
+                box_terms.append(1 - aligned_iou(pred, gt[assigned[pos]]).clamp(min=1e-6))
+            assigned = max_iou_assign(ious, *self.OBJECTNESS_ASSIGN)
+            pos, neg = random_sample(assigned, self.OBJECTNESS_SAMPLES, self.OBJECTNESS_POS_FRACTION)
+            sampled = inside[torch.cat([pos, neg])]
+            target_values = torch.cat([centerness(anchors_i[inside[pos]], gt[assigned[pos]]),
+                                       torch.zeros(neg.numel(), device=gt.device)])
+            obj_terms.append((objectness[i, sampled].sigmoid() - target_values).abs())
+        box_loss = torch.cat(box_terms).sum() if box_terms else deltas.sum() * 0.0
+        obj_loss = torch.cat(obj_terms).sum() if obj_terms else objectness.sum() * 0.0
+        return {"loss_rpn_box_reg": RPN_BOX_LOSS_WEIGHT * box_loss / num_sampled,
+                "loss_objectness": obj_loss / num_sampled}
 
 
 class BoxIoUPredictor(nn.Module):
@@ -140,15 +241,16 @@ class OlnRoIHeads(RoIHeads):
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
 
     def box_losses(self, iou_logits, box_deltas, proposals, matched_idxs, labels, regression_targets, targets):
+        """L1 box regression and L1 IoU score on positives, both divided by the number of sampled RoIs (the
+        reference's avg_factor); the IoU target is that of the proposal itself with its ground truth."""
         labels = torch.cat(labels)
         pos = torch.where(labels > 0)[0]
         regression_targets = torch.cat(regression_targets)
-        box_loss = F.smooth_l1_loss(box_deltas[pos], regression_targets[pos], beta=1 / 9,
-                                    reduction="sum") / max(1, labels.numel())
+        box_loss = F.l1_loss(box_deltas[pos], regression_targets[pos], reduction="sum") / max(1, labels.numel())
         gt = torch.cat([t["boxes"][m.clamp(max=max(0, len(t["boxes"]) - 1))] if len(t["boxes"]) else
                         torch.zeros((len(m), 4), device=m.device) for t, m in zip(targets, matched_idxs)])
         iou_target = aligned_iou(torch.cat(proposals)[pos], gt[pos])
-        score_loss = F.l1_loss(iou_logits[pos].sigmoid(), iou_target, reduction="sum") / max(1, pos.numel())
+        score_loss = F.l1_loss(iou_logits[pos].sigmoid(), iou_target, reduction="sum") / max(1, labels.numel())
         return {"loss_box_iou": score_loss, "loss_box_reg": box_loss}
 
     def detections(self, iou_logits, box_deltas, proposals, rpn_scores, image_shapes) -> list[dict[str, Tensor]]:
@@ -169,16 +271,10 @@ class OlnRoIHeads(RoIHeads):
 
 
 def to_oln(model: nn.Module, representation_size: int) -> nn.Module:
-    """Swap a torchvision MaskRCNN's RPN and RoI heads for the OLN ones, keeping every submodule and setting."""
+    """Swap a torchvision MaskRCNN's RPN and RoI heads for the OLN ones, keeping the anchors, the RoI pooling,
+    the box MLP, the mask branch and the test settings."""
     rpn, roi = model.rpn, model.roi_heads
-    model.rpn = OlnRPN(
-        rpn.anchor_generator, rpn.head,
-        fg_iou_thresh=0.7, bg_iou_thresh=0.3,
-        batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
-        positive_fraction=rpn.fg_bg_sampler.positive_fraction,
-        pre_nms_top_n=rpn._pre_nms_top_n, post_nms_top_n=rpn._post_nms_top_n,
-        nms_thresh=1.0,  # the reference keeps every proposal (nms_thr=1.0)
-    )
+    model.rpn = OlnRPN(rpn.anchor_generator, OlnRPNHead(rpn.head.conv[0][0].in_channels), dict(rpn._pre_nms_top_n))
     model.roi_heads = OlnRoIHeads(
         roi.box_roi_pool, roi.box_head, BoxIoUPredictor(representation_size),
         fg_iou_thresh=0.5, bg_iou_thresh=0.5,
