@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-detections", type=int, default=DEFAULT_CONFIG["box_detections_per_img"],
                    help="detections kept per image after class-agnostic NMS (AR@k needs k or more)")
     p.add_argument("--rpn-proposals", type=int, default=DEFAULT_CONFIG["rpn_post_nms_top_n_test"],
-                   help="RPN proposals per image (before and after RPN NMS) at test time")
+                   help="RPN proposals per image (before and after RPN NMS) at test time; for OLN, the proposals "
+                        "kept per FPN level (its RPN has no NMS)")
     p.add_argument("--nms", type=float, default=DEFAULT_CONFIG["box_nms_thresh"], help="class-agnostic NMS IoU")
 
 
