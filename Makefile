@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 STAMP  := $(VENV)/.ggn-installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean slurm-profile
+
+# Where Snakemake looks for `--profile NAME` (besides the working directory and /etc/xdg/snakemake).
+SNAKEMAKE_PROFILES ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 
 install: $(STAMP)
 
@@ -32,6 +35,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# One set-up step for `snakemake --profile slurm all`: a copy of profiles/slurm in the user's Snakemake
+# config folder, to edit with the site's partitions and account (kept out of the repository).
+slurm-profile:
+	@if [ -e "$(SNAKEMAKE_PROFILES)/slurm" ]; then \
+		echo "$(SNAKEMAKE_PROFILES)/slurm exists: left as it is (edit it, or remove it and run make slurm-profile again)"; \
+	else \
+		mkdir -p "$(SNAKEMAKE_PROFILES)" && cp -r profiles/slurm "$(SNAKEMAKE_PROFILES)/slurm" && \
+		echo "installed $(SNAKEMAKE_PROFILES)/slurm: set your partitions and account there, then: snakemake --profile slurm all"; \
+	fi
 
 clean:
 	rm -rf results .snakemake build pa_lib/*.c pa_lib/*.so

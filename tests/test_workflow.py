@@ -122,3 +122,24 @@ def test_paper_row_configs_validate_and_wait_only_for_their_datasets(row_config)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "MissingInputException" in out and "datasets/" in out, out
+
+
+def test_profile_by_name_after_the_set_up_step(tmp_path):
+    """`snakemake --profile slurm all` as users type it: `make slurm-profile` installs the profile where
+    Snakemake looks for profiles by name ($XDG_CONFIG_HOME/snakemake), and the dry run uses it."""
+    env = {**_env(), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    subprocess.run(["make", "-s", "slurm-profile"], cwd=REPO, env=env, check=True, capture_output=True)
+    installed = tmp_path / "config" / "snakemake" / "slurm" / "config.yaml"
+    assert installed.read_text() == (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    proc = subprocess.run([*SNAKEMAKE, "--profile", "slurm", "-n", "all", "--config", f"results={tmp_path / 'r'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Using profile slurm" in out and "This was a dry-run" in out
+    if Path("/etc/xdg/snakemake/slurm").exists():
+        return  # a site profile of that name: Snakemake would use it without the set-up step
+    # without the set-up step the name is unknown
+    proc = subprocess.run([*SNAKEMAKE, "--profile", "slurm", "-n", "all", "--config", f"results={tmp_path / 'r'}"],
+                          cwd=REPO, env={**env, "XDG_CONFIG_HOME": str(tmp_path / "empty")}, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0
