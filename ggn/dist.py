@@ -9,6 +9,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from ggn.io import InputError
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ def add_batch_arguments(p, lr_batch: int, reference: str) -> None:
 def effective_lr(lr: float, batch_size: int, world: int, lr_batch: int) -> float:
     """Linear scaling rule (Goyal et al. 2017): lr x total batch / the batch that lr was given for."""
     if lr_batch < 1:
-        from ggn.io import InputError
-
         raise InputError(f"--lr-batch (config `lr_batch`) must be >= 1, got {lr_batch}")
     return lr * batch_size * world / lr_batch
 

@@ -295,8 +295,7 @@ def extract_shard(checkpoint: str | os.PathLike, annotations: str | os.PathLike,
                   shard: int, num_shards: int, out: str | os.PathLike, *, input_size: int | None = None,
                   batch_size: int = 8, flush_every: int = 64, device: str = "auto", top_k: int = 20,
                   propose_params: dict | None = None, grouping: str = "paper", max_images: int | None = None,
-                  no_gt: bool = False,
-                  workers: int = 0, after_flush: Callable[[Path], None] | None = None) -> dict:
+                  no_gt: bool = False, workers: int = 0, after_flush: Callable[[Path], None] | None = None) -> dict:
     """Run one shard to completion (resuming if a parts folder exists) and return its summary.
 
     `after_flush(part_path)` is called after every flushed part (tests use it to simulate a kill).
@@ -382,12 +381,12 @@ def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: 
     from concurrent.futures import ProcessPoolExecutor
 
     from ggn.io import pick_device
-    from ggn.pa.model import load_pa_model, predict_affinity
+    from ggn.pa.model import inference_size, load_pa_model, predict_affinity
 
     dev = pick_device(device)
     model, config = load_pa_model(checkpoint, dev)
     log.info("PA model from %s on %s, input size %s, %d grouping workers",
-             checkpoint, dev, config.get("input_size") if input_size is None else input_size, workers)
+             checkpoint, dev, inference_size(config, input_size) or "native", workers)
     # Grouping is CPU work: a process pool lets it run beside the GPU's next batch.
     pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             if workers > 0 else None)

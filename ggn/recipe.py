@@ -19,7 +19,7 @@ from ggn.io import InputError, atomic_write_json, load_yaml
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
-# Config block -> (ggn step, its required arguments filled with placeholders, flag keys the rule handles itself)
+# Config block -> (ggn step, its required path arguments with stand-in values, flag keys the rule passes itself)
 STAGES = {
     "pa": ("train-pa", ["--train-json", "TRAIN.json", "--images", "IMAGES", "--out", "OUT.pt"], ()),
     "extract": ("extract", ["--checkpoint", "PA.pt", "--annotations", "TRAIN.json", "--images", "IMAGES",
@@ -81,10 +81,8 @@ def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {}
     for block, (step, required, skip) in STAGES.items():
-        if block == "detector" and exp.get("targets") == "pseudo":
-            continue
-        if block == "predict" and exp.get("targets") == "pseudo":
-            continue
+        if block in ("detector", "predict") and exp.get("targets") == "pseudo":
+            continue  # the experiment stops at the pseudo-GT
         args = parse_step(step, required + shlex.split(to_flags(exp.get(block) or {}, skip=skip)))
         options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         if block == "pa":
@@ -99,9 +97,8 @@ def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
             from ggn.extract import parse_propose_params
 
             options["propose"] = {**pa_lib.GROUPINGS[args.grouping], **parse_propose_params(args.propose_params)}
+            options["num_shards"] = (exp.get("extract") or {}).get("num_shards", 1)  # the rule's shard count
         out[block] = options
-    if "extract" in exp and "num_shards" in exp["extract"]:
-        out["extract"]["num_shards"] = exp["extract"]["num_shards"]
     return out
 
 

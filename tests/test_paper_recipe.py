@@ -62,7 +62,7 @@ def test_offline_without_the_file_names_it(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     expected = tmp_path / "empty" / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
     with pytest.raises(InputError) as err:
         load_pretrained_state("imagenet", "resnet50")

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from ggn.coco_data import CocoInstances
 from ggn.io import InputError, atomic_write_json, pick_device
 from ggn.pa.data import resize_ids
-from ggn.pa.model import load_pa_model, predict_affinity, resize_image
+from ggn.pa.model import inference_size, load_pa_model, predict_affinity, resize_image
 from ggn.pa.targets import affinity_targets, masks_to_instance_ids
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def evaluate_pa(checkpoint: Path, annotations: Path, images: Path, max_images: i
                 device: str = "auto") -> dict:
     device_t = pick_device(device)
     model, config = load_pa_model(checkpoint, device_t)
-    size = int(config.get("input_size") or 0) if input_size is None else int(input_size)
+    size = inference_size(config, input_size)
     data = CocoInstances(annotations, images)
     if max_images:
         data.ids = data.ids[:max_images]

@@ -218,6 +218,11 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
                          antialias=True).squeeze(0).clamp_(0, 255)
 
 
+def inference_size(config: dict, input_size: int | None) -> int:
+    """Long side at inference: `input_size` when given, else the checkpoint's; 0 means native resolution."""
+    return int(config.get("input_size") or 0) if input_size is None else int(input_size)
+
+
 def padded_size(size: int) -> int:
     return int(math.ceil(size / SIZE_DIVISOR) * SIZE_DIVISOR)
 
@@ -228,7 +233,7 @@ def predict_affinity(model: nn.Module, images: list[np.ndarray], config: dict, d
     """Affinity probabilities float32 [C,h,w] in [0,1] per image (uint8 HxWx3), at the network resolution:
     aspect kept, long side input_size (None: config["input_size"]; 0: native resolution), padding removed."""
     device = torch.device(device)
-    size = int(config.get("input_size") or 0) if input_size is None else int(input_size)
+    size = inference_size(config, input_size)
     was_training = model.training
     model.eval()
     outputs: list[np.ndarray] = []
