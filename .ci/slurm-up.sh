@@ -3,8 +3,11 @@
 # tests/test_slurm.py can run the workflow through profiles/slurm for real. Safe to run again: it only
 # installs, writes or starts what is missing, and restarts the daemons when slurm.conf changed.
 #
-# Partitions: `cpu` (default) and `gpu`, both on this node. `gpu` has no GRES: it exists so that the
-# profile's partition mapping is exercised; jobs asking for --gpus would be rejected here.
+# Partitions: `cpu` (default) and `gpu`, both on this node. The node has 2 GPU GRES (`Gres=gpu:2`), so the
+# GPU rules' `--gpus`/`--gres` requests are real requests that Slurm must accept and record. There are no
+# GPUs: Slurm 22.05 ignores a count-only gres.conf line (slurmd then reports 0 GPUs and the node goes
+# INVAL), so gres.conf names two character devices made with `mknod NAME c 1 3` (the numbers of
+# /dev/null), with AutoDetect=off. Jobs see CUDA_VISIBLE_DEVICES, but no CUDA: training runs on CPU.
 # Accounting is off (no slurmdbd), so `sacct` cannot report jobs: use `--slurm-status-command squeue`
 # (MinJobAge below keeps finished jobs visible to squeue long enough).
 #
@@ -15,6 +18,8 @@ WAIT_S=${SLURM_UP_TIMEOUT:-60}
 HOST=$(hostname -s)
 CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
+GRES_CONF=$CONF_DIR/gres.conf
+FAKE_GPUS=(/dev/ggn-ci-gpu0 /dev/ggn-ci-gpu1)   # stand-ins for /dev/nvidia0 and /dev/nvidia1
 LOG_DIR=/var/log/slurm
 CTLD_PID=/run/slurmctld.pid
 SLURMD_PID=/run/slurmd.pid
@@ -79,7 +84,14 @@ else
         || die "munged is not answering; see /var/log/munge/munged.log"
 fi
 
-# --- 3. slurm.conf -------------------------------------------------------------------------------
+# --- 3. fake GPU devices, gres.conf and slurm.conf -----------------------------------------------
+for dev in "${FAKE_GPUS[@]}"; do
+    if [ ! -c "$dev" ]; then
+        rm -f "$dev"
+        mknod "$dev" c 1 3 || die "mknod $dev c 1 3 failed (needs root and a /dev that allows device nodes)"
+        say "made fake GPU device $dev (c 1 3)"
+    fi
+done
 cpus=$(nproc)
 total_mb=$(free -m | awk '/^Mem:/ {print $2}')
 # slurmd drains a node that reports less memory than RealMemory; leave it a margin.
@@ -100,6 +112,7 @@ SwitchType=switch/none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
+GresTypes=gpu
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
@@ -118,22 +131,31 @@ SlurmctldLogFile=${LOG_DIR}/slurmctld.log
 SlurmdLogFile=${LOG_DIR}/slurmd.log
 SlurmctldTimeout=30
 SlurmdTimeout=60
-NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${real_mb} State=UNKNOWN
+NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${real_mb} Gres=gpu:${#FAKE_GPUS[@]} State=UNKNOWN
 PartitionName=cpu Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=${HOST} Default=NO MaxTime=INFINITE State=UP
 EOF
 )
 
+new_gres=$(printf '# Written by .ci/slurm-up.sh: fake GPUs (character devices c 1 3), so that GPU requests can be scheduled.\n'
+           printf 'AutoDetect=off\n'
+           for dev in "${FAKE_GPUS[@]}"; do printf 'Name=gpu File=%s\n' "$dev"; done)
+
 mkdir -p "$CONF_DIR" "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd
 conf_changed=0
-if [ -f "$CONF" ] && [ "$(cat "$CONF")" = "$new_conf" ]; then
-    say "$CONF unchanged (node ${HOST}: ${cpus} CPUs, ${real_mb} MB)"
-else
-    printf '%s\n' "$new_conf" > "$CONF.tmp"
-    mv "$CONF.tmp" "$CONF"
-    conf_changed=1
-    say "wrote $CONF (node ${HOST}: ${cpus} CPUs, ${real_mb} MB of ${total_mb} MB; partitions cpu, gpu)"
-fi
+write_if_changed() {  # write_if_changed PATH CONTENT WHAT
+    if [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; then
+        say "$1 unchanged ($3)"
+    else
+        printf '%s\n' "$2" > "$1.tmp"
+        mv "$1.tmp" "$1"
+        conf_changed=1
+        say "wrote $1 ($3)"
+    fi
+}
+write_if_changed "$GRES_CONF" "$new_gres" "${#FAKE_GPUS[@]} GPUs: ${FAKE_GPUS[*]}"
+write_if_changed "$CONF" "$new_conf" \
+    "node ${HOST}: ${cpus} CPUs, ${real_mb} MB of ${total_mb} MB, gpu:${#FAKE_GPUS[@]}; partitions cpu, gpu"
 
 # --- 4. daemons ----------------------------------------------------------------------------------
 running() {  # running NAME PIDFILE: the pid file names a live process called NAME
@@ -147,7 +169,7 @@ stop() {  # stop NAME PIDFILE
     local pid
     running "$1" "$2" || return 0
     pid=$(cat "$2")
-    say "stopping $1 (pid $pid) to load the new slurm.conf"
+    say "stopping $1 (pid $pid) to load the new slurm.conf/gres.conf"
     kill "$pid"
     for _ in $(seq 40); do running "$1" "$2" || return 0; sleep 0.25; done
     kill -9 "$pid" 2>/dev/null || true
