@@ -17,6 +17,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "train-pa": ("ggn.pa.train", "train the pairwise-affinity network"),
     "eval-pa": ("ggn.pa.evaluate", "affinity BCE/L1 and boundary precision/recall on held-out images"),
     "extract": ("ggn.extract", "PA network + grouping + ranking on one shard of images -> parquet"),
+    "rank-oln": ("ggn.rank_oln", "Pseudo-OLN: re-rank a shard's candidates with an OLN detector (GGN-OLN row)"),
     "merge": ("ggn.merge", "gather extraction shards into pseudo-GT (COCO JSON and per-image parquet store)"),
     "train-detector": ("ggn.detector.train", "train the class-agnostic Mask R-CNN / OLN detector"),
     "predict": ("ggn.detector.predict", "detections on evaluation images (COCO results JSON)"),

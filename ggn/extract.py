@@ -304,8 +304,8 @@ def extract_shard(checkpoint: str | os.PathLike, annotations: str | os.PathLike,
 
     out, images, checkpoint = Path(out), Path(images), Path(checkpoint)
     propose_params = dict(propose_params or {})
-    if batch_size < 1 or flush_every < 1 or top_k < 1:
-        raise InputError("--batch-size, --flush-every and --top-k must be >= 1")
+    if batch_size < 1 or flush_every < 1 or top_k < 0:
+        raise InputError("--batch-size and --flush-every must be >= 1, --top-k >= 0 (0: every candidate)")
     import pa_lib
 
     unknown = sorted(set(propose_params) - set(pa_lib.DEFAULTS))
@@ -418,7 +418,7 @@ def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: 
                                               batch_size=batch_size)
                 for (i, im), aff in zip(good, affinities):
                     job = (i, np.ascontiguousarray(aff, dtype=np.float32), im.shape[0], im.shape[1],
-                           gt.for_image(i), top_k, params)
+                           gt.for_image(i), top_k or None, params)
                     results.append(pool.submit(propose_rows, *job) if pool else propose_rows(*job))
                 progress.update(len(loaded) - len(good))
                 if not pool:
@@ -484,7 +484,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flush-every", type=int, default=64,
                         help="images per flushed part file (the unit of resuming; memory stays flat)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--top-k", type=int, default=20, help="candidates kept per image")
+    parser.add_argument("--top-k", type=int, default=20,
+                        help="candidates kept per image; 0: all of them (with --propose-params nms=0, the "
+                             "un-suppressed candidates a re-ranking stage such as `ggn rank-oln` expects)")
     parser.add_argument("--grouping", choices=("paper", "extended"), default="paper",
                         help="grouping settings: paper (pa_extract.py's, PAPER_SETTINGS) or extended (plus this "
                              "project's four additions, see pa_lib/grouping.py); --propose-params override either")

@@ -32,6 +32,32 @@ STAGES = {
 }
 
 
+def unsuppressed_extract_flags() -> str:
+    """What Pseudo-OLN adds to extraction: every candidate, none suppressed (the ranker re-scores them first)."""
+    return "--top-k 0 --propose-params nms=0"
+
+
+def stage_flags(exp: dict, block: str) -> str:
+    """The flags the workflow passes to the `extract` or `rank` stage of an experiment.
+
+    With `rank.by: oln` (Pseudo-OLN), extraction keeps every candidate unsuppressed and `ggn rank-oln` applies
+    the grouping's own NMS threshold and top_k after re-scoring, as oln_ranker.py applies pa_to_masks' `nms`.
+    """
+    extract = to_flags(exp.get("extract") or {}, skip=STAGES["extract"][2])
+    oln = (exp.get("rank") or {}).get("by") == "oln"
+    if block == "extract":
+        return f"{extract} {unsuppressed_extract_flags()}" if oln else extract
+    if block == "rank":
+        import pa_lib
+        from ggn.extract import parse_propose_params
+
+        args = parse_step("extract", STAGES["extract"][1] + shlex.split(extract))
+        nms = {**pa_lib.GROUPINGS[args.grouping], **parse_propose_params(args.propose_params)}["nms"] or 0
+        rank = {k: v for k, v in (exp.get("rank") or {}).items() if k != "by"}
+        return to_flags({"nms": nms, "top_k": args.top_k, **rank})
+    raise ValueError(f"no derived flags for stage {block!r}")
+
+
 def to_flags(options: dict, skip=()) -> str:
     """{'lr_steps': [6, 7], 'amp': False} -> '--lr-steps 6 7 --no-amp' for a `ggn <step>` command."""
     parts = []
@@ -99,6 +125,12 @@ def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
             options["propose"] = {**pa_lib.GROUPINGS[args.grouping], **parse_propose_params(args.propose_params)}
             options["num_shards"] = (exp.get("extract") or {}).get("num_shards", 1)  # the rule's shard count
         out[block] = options
+    if (exp.get("rank") or {}).get("by") == "oln":
+        args = parse_step("rank-oln", ["--shard", "SHARD.parquet", "--checkpoint", "OLN.pt", "--annotations",
+                                       "TRAIN.json", "--images", "IMAGES", "--out", "RANKED.parquet"]
+                          + shlex.split(stage_flags(exp, "rank")))
+        out["rank"] = {"by": "oln", **{k: v for k, v in vars(args).items() if not k.startswith("_")},
+                       "extract_flags": unsuppressed_extract_flags()}
     return out
 
 
@@ -126,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
             if "extract" in stages:
                 print(f"  extract   grouping {stages['extract']['grouping']}, top-{stages['extract']['top_k']} "
                       f"candidates, input size {stages['extract']['input_size'] or 'of the PA checkpoint'}")
+            if "rank" in stages:
+                r = stages["rank"]
+                print(f"  rank      Pseudo-OLN: extraction runs with {r['extract_flags']}, then the baseline OLN "
+                      f"detector re-scores (pa x {r['pa_weight']:g} + box + box x centerness), NMS {r['nms']:g}, "
+                      f"top-{r['top_k']}")
     if args.out:
         atomic_write_json(args.out, resolved, indent=1)
     return 0

@@ -29,8 +29,13 @@ def add_arguments(parser) -> None:
     row.add_argument("--training", default="", help="what the detector was trained on")
     row.add_argument("--evaluation", default="", help="what it was evaluated on")
     row.add_argument("--top-k", type=int, default=None, help="pseudo-GT masks kept per image")
-    row.add_argument("--paper-baseline", type=float, default=None, help="the paper's baseline mask AR@100")
-    row.add_argument("--paper-ggn", type=float, default=None, help="the paper's GGN mask AR@100")
+    row.add_argument("--paper-baseline", type=float, default=None, help="the paper's baseline AR (--paper-metric)")
+    row.add_argument("--paper-ggn", type=float, default=None, help="the paper's GGN AR (--paper-metric)")
+    row.add_argument("--paper-metric", choices=[c for c, _, _ in METRICS], default="mask_AR@100",
+                     help="which of our columns the paper's numbers compare with: mask_AR@100 for the Mask R-CNN "
+                          "rows, box_AR@100 for the OLN row (OLN is a box detector in the paper)")
+    row.add_argument("--detector", default="", help="detector kind shown in the table (maskrcnn, oln)")
+    row.add_argument("--ranking", default="", help="how pseudo-GT candidates were ranked (grouping, oln)")
     row.add_argument("--out", required=True, type=Path)
     gather = sub.add_parser("gather", help="gather rows into the table")
     gather.add_argument("--rows", nargs="+", required=True, type=Path)
@@ -47,15 +52,20 @@ def _metric(metrics: dict, path: Path, iou_type: str, name: str) -> float:
 
 def make_row(experiment: str, baseline: Path, ggn: Path, pa: Path | None = None, training: str = "",
              evaluation: str = "", top_k: int | None = None, paper_baseline: float | None = None,
-             paper_ggn: float | None = None) -> dict:
-    row = {"experiment": experiment, "training": training, "evaluation": evaluation, "top_k": top_k}
+             paper_ggn: float | None = None, paper_metric: str = "mask_AR@100", detector: str = "",
+             ranking: str = "") -> dict:
+    if paper_metric not in [c for c, _, _ in METRICS]:
+        raise InputError(f"paper metric {paper_metric!r} is not one of {[c for c, _, _ in METRICS]}")
+    row = {"experiment": experiment, "training": training, "evaluation": evaluation, "detector": detector,
+           "ranking": ranking, "top_k": top_k}
     for variant, path in (("baseline", baseline), ("ggn", ggn)):
         metrics = read_json(path, "metrics file")
         for column, iou_type, name in METRICS:
             row[f"{variant}_{column}"] = round(_metric(metrics, path, iou_type, name), 2)
     row["gain_mask_AR@100"] = round(row["ggn_mask_AR@100"] - row["baseline_mask_AR@100"], 2)
-    row["paper_baseline_mask_AR@100"] = paper_baseline
-    row["paper_ggn_mask_AR@100"] = paper_ggn
+    row["paper_metric"] = paper_metric
+    row[f"paper_baseline_{paper_metric}"] = paper_baseline
+    row[f"paper_ggn_{paper_metric}"] = paper_ggn
     if pa is not None:
         pa_metrics = read_json(pa, "PA metrics file")
         boundary = pa_metrics.get("boundary", {})
@@ -69,21 +79,28 @@ def render_markdown(rows: list[dict]) -> str:
     def fmt(v):
         return "" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
-    header = ["experiment", "training", "evaluation", "top-k",
-              "box AR@10", "box AR@100", "mask AR@10", "mask AR@100", "gain (mask AR@100)", "paper mask AR@100"]
+    header = ["experiment", "training", "evaluation", "detector", "top-k",
+              "box AR@10", "box AR@100", "mask AR@10", "mask AR@100", "gain (mask AR@100)", "paper (its metric)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         pair = lambda c: f"{fmt(r[f'baseline_{c}'])} → {fmt(r[f'ggn_{c}'])}"  # noqa: E731
+        metric = r.get("paper_metric", "mask_AR@100")
+        base, ggn = r.get(f"paper_baseline_{metric}"), r.get(f"paper_ggn_{metric}")
         paper = ""
-        if r.get("paper_baseline_mask_AR@100") is not None:
-            paper = f"{fmt(r['paper_baseline_mask_AR@100'])} → {fmt(r.get('paper_ggn_mask_AR@100'))}"
-        cells = [r["experiment"], r["training"], r["evaluation"], fmt(r["top_k"]),
+        if base is not None or ggn is not None:
+            paper = f"{fmt(base) or '–'} → {fmt(ggn) or '–'} ({metric.replace('_', ' ')})"
+        detector = {"maskrcnn": "Mask R-CNN", "oln": "OLN"}.get(r.get("detector", ""), r.get("detector", ""))
+        if r.get("ranking") == "oln":
+            detector += ", Pseudo-OLN pseudo-GT"
+        cells = [r["experiment"], r["training"], r["evaluation"], detector, fmt(r["top_k"]),
                  pair("box_AR@10"), pair("box_AR@100"), pair("mask_AR@10"), pair("mask_AR@100"),
                  f"{r['gain_mask_AR@100']:+.1f}", paper]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("AR in percent on unseen classes only (seen-class ground truth ignored), baseline → GGN "
-                 "(detector trained on seen GT → seen GT + pseudo-GT).")
+                 "(detector trained on seen GT → seen GT + pseudo-GT). The paper's numbers are those of the "
+                 "metric named beside them: mask AR@100 for the Mask R-CNN rows, box AR@100 for OLN, a box "
+                 "detector there (ours keeps a mask head so that both are reported).")
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +122,8 @@ def gather(rows: list[Path], csv_path: Path, md_path: Path) -> list[dict]:
 def run(args) -> None:
     if args.mode == "row":
         row = make_row(args.experiment, args.baseline, args.ggn, args.pa, args.training, args.evaluation,
-                       args.top_k, args.paper_baseline, args.paper_ggn)
+                       args.top_k, args.paper_baseline, args.paper_ggn, args.paper_metric, args.detector,
+                       args.ranking)
         atomic_write_json(args.out, row, indent=2)
         log.info("row %s: mask AR@100 %.1f -> %.1f (%s)", args.experiment, row["baseline_mask_AR@100"],
                  row["ggn_mask_AR@100"], args.out)

@@ -403,11 +403,12 @@ def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
     )
 
 
-def propose(affinity, top_k: int = 20, **params) -> tuple[np.ndarray, np.ndarray]:
+def propose(affinity, top_k: int | None = 20, **params) -> tuple[np.ndarray, np.ndarray]:
     """Ranked candidate masks from predicted affinity.
 
     affinity: float32 [C,H,W] or [H,W] in [0,1], high = same instance. Returns masks bool [N,H,W]
-    and scores float32 [N], best first, N <= top_k. Parameters and their defaults: ``DEFAULTS``.
+    and scores float32 [N], best first, N <= top_k (None: every candidate that passes the filters and the
+    NMS, as the reference's OLN ranker receives them). Parameters and their defaults: ``DEFAULTS``.
     """
     unknown = set(params) - set(DEFAULTS)
     if unknown:
@@ -418,7 +419,7 @@ def propose(affinity, top_k: int = 20, **params) -> tuple[np.ndarray, np.ndarray
     potential = potential_from_affinity(affinity)
     h, w = potential.shape
     empty = np.zeros((0, h, w), bool), np.zeros(0, np.float32)
-    if top_k <= 0 or h * w == 0:
+    if (top_k is not None and top_k <= 0) or h * w == 0:
         return empty
     hier = build_hierarchy(potential, **p)
     if hier is None:
@@ -437,6 +438,8 @@ def propose(affinity, top_k: int = 20, **params) -> tuple[np.ndarray, np.ndarray
         valid &= hier.border <= p["max_border_fraction"] * 2 * (h + w)
     candidates = np.flatnonzero(valid)
     order = candidates[np.argsort(-scores[candidates], kind="stable")]
+    if top_k is None:
+        top_k = len(order)
     if p["nms"] and p["nms"] > 0:
         kept = tree_stats.tree_nms(order, hier.area, hier.tree, p["nms"], top_k, p["use_kernels"])
     else:

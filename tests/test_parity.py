@@ -59,7 +59,7 @@ def drift(resolved: dict) -> list[str]:
 
 def test_the_table_checks_every_stage():
     blocks = {dotted.split(".")[0] for _, dotted, _ in parity_checks()}
-    assert blocks == {"pa", "extract", "merge", "detector", "predict"}
+    assert blocks == {"pa", "extract", "merge", "rank", "detector", "predict"}
     assert len(parity_checks()) >= 60
 
 
@@ -89,6 +89,22 @@ def test_a_drifting_config_is_caught(tmp_path):
     assert resolved["detector"]["effective_lr"] == pytest.approx(0.01)
     assert [p.split(":")[1].split()[0] for p in drift(resolved)] == [
         "detector.gpus", "detector.total_batch", "detector.effective_lr"]
+
+
+def test_the_oln_row_ranks_with_pseudo_oln_and_a_drift_there_is_caught():
+    config = validated_config(REPO / "config" / "coco_voc_to_nonvoc_oln.yaml")
+    exp = next(iter(config["experiments"].values()))
+    resolved = resolve_experiment(exp)
+    assert resolved["detector"]["kind"] == "oln" and resolved["rank"]["by"] == "oln"
+    assert (resolved["rank"]["nms"], resolved["rank"]["top_k"]) == (0.2, 20)
+    exp["rank"]["pa_weight"] = 1.0
+    exp["extract"]["top_k"] = 10
+    joined = "\n".join(drift(resolve_experiment(exp)))
+    assert "rank.pa_weight" in joined and "rank.top_k" in joined and "extract.top_k" in joined, joined
+    # Pseudo-OLN is the OLN row's alone: the Mask R-CNN rows rank by the grouping score
+    for row in PAPER_ROWS:
+        if row.name != "coco_voc_to_nonvoc_oln.yaml":
+            assert all("rank" not in r for r in resolve_config(row).values()), row.name
 
 
 def test_demo_is_not_a_paper_row():

@@ -43,3 +43,28 @@ def test_row_rejects_a_file_that_is_not_metrics(tmp_path):
     good = _metrics(tmp_path / "g.json", 0.3, 0.5)
     with pytest.raises(InputError, match="bad.json has no bbox AR@10"):
         make_row("x", bad, good)
+
+
+def test_the_papers_number_is_labelled_with_its_metric(tmp_path):
+    """The OLN row's paper number is box AR (OLN is a box detector in the paper); Mask R-CNN rows' are mask AR."""
+    base = _metrics(tmp_path / "b.json", 0.1, 0.2)
+    ggn = _metrics(tmp_path / "g.json", 0.3, 0.5)
+    assert main(["table", "row", "--experiment", "oln", "--baseline", str(base), "--ggn", str(ggn), "--paper-ggn",
+                 "33.7", "--paper-metric", "box_AR@100", "--detector", "oln", "--ranking", "oln",
+                 "--out", str(tmp_path / "oln.json")]) == 0
+    assert main(["table", "row", "--experiment", "mrcnn", "--baseline", str(base), "--ggn", str(ggn),
+                 "--paper-baseline", "19.9", "--paper-ggn", "28.7", "--detector", "maskrcnn",
+                 "--out", str(tmp_path / "mrcnn.json")]) == 0
+    row = json.loads((tmp_path / "oln.json").read_text())
+    assert row["paper_metric"] == "box_AR@100" and row["paper_ggn_box_AR@100"] == 33.7
+    assert "paper_ggn_mask_AR@100" not in row
+    main(["table", "gather", "--rows", str(tmp_path / "oln.json"), str(tmp_path / "mrcnn.json"),
+          "--csv", str(tmp_path / "t.csv"), "--md", str(tmp_path / "t.md")])
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    oln_line = next(line for line in lines if line.startswith("| oln |"))
+    mrcnn_line = next(line for line in lines if line.startswith("| mrcnn |"))
+    assert "OLN, Pseudo-OLN pseudo-GT" in oln_line and "– → 33.7 (box AR@100)" in oln_line
+    assert "Mask R-CNN" in mrcnn_line and "19.9 → 28.7 (mask AR@100)" in mrcnn_line
+    with pytest.raises(SystemExit):
+        main(["table", "row", "--experiment", "x", "--baseline", str(base), "--ggn", str(ggn),
+              "--paper-metric", "AR@7", "--out", str(tmp_path / "x.json")])
