@@ -95,3 +95,22 @@ def cleanup() -> None:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def rank0_decides(flag: bool, device: torch.device) -> bool:
+    """Rank 0's value of `flag` on every rank (e.g. "a checkpoint is due" by rank 0's clock), so that all ranks
+    take part in what follows; `flag` itself in a single process."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([int(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(value, 0)
+    return bool(value.item())
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (rank order) on every rank; [obj] in a single process."""
+    if not dist.is_initialized():
+        return [obj]
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects

@@ -124,7 +124,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
 
 
 # Options that change how a training runs, not what it computes: a resumed run may differ in them.
-RUN_ONLY_OPTIONS = frozenset({"device", "workers", "threads", "log_every", "verbose", "out", "amp"})
+RUN_ONLY_OPTIONS = frozenset({"device", "workers", "threads", "log_every", "verbose", "out", "amp",
+                              "checkpoint_minutes"})
 
 
 def training_fingerprint(args: Any, inputs: list, ignore: tuple = ("epochs",)) -> str:

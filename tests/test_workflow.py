@@ -28,6 +28,11 @@ def snakemake(*args, cwd=REPO, check=True):
     return proc.stdout + proc.stderr
 
 
+# Every rule that runs as a job (all but `all`), each with an entry in an experiment's `resources` block.
+JOB_RULES = ("synth", "split", "train_pa", "eval_pa", "extract", "rank_oln", "merge", "train_detector", "predict", "evaluate",
+             "row", "table")
+
+
 def tiny_config(results: Path) -> dict:
     """The synthetic experiment shrunk to seconds per stage."""
     return {
@@ -46,6 +51,9 @@ def tiny_config(results: Path) -> dict:
                              "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
                              "box_batch_size_per_image": 32, "workers": 0},
                 "predict": {"max_detections": 50, "rpn_proposals": 200},
+                # Small jobs (the schema's defaults are paper scale: 32 GB would not fit a small CI node).
+                "resources": {rule: {"threads": 2 if rule in ("synth", "train_pa") else 1, "mem_mb": 2000,
+                                     "runtime": 15} for rule in JOB_RULES},
             }
         },
     }
@@ -77,6 +85,43 @@ def test_shard_count_override_from_command_line(tmp_path):
     cfg.write_text(yaml.safe_dump(tiny_config(tmp_path / "results")))
     out = snakemake("-n", "-p", "--configfile", str(cfg), "--config", "num_shards=5")
     assert "4-of-5.parquet" in out and "of-2.parquet" not in out, out
+
+
+def _dry_run_jobs(out: str, results: Path) -> dict[str, dict[str, str]]:
+    """{first output relative to `results`: {"threads": .., "runtime": .., "mem_mb": .., ...}} of a dry run's jobs."""
+    jobs = {}
+    for block in out.split("\nrule ")[1:]:
+        fields = dict(line.strip().split(": ", 1) for line in block.splitlines()[1:] if ": " in line)
+        if "output" not in fields:
+            continue  # rule all
+        values = {"threads": fields.get("threads", "1")}
+        values |= dict(item.split("=", 1) for item in fields["resources"].split(", "))
+        jobs[str(Path(fields["output"].split(",")[0]).relative_to(results))] = values
+    return jobs
+
+
+def test_job_resources_follow_the_experiment(tmp_path):
+    """Each job asks for the threads, memory and runtime of its experiment's `resources` block; a rule the
+    block leaves out gets the schema's paper-scale default; a profile's (or the command line's) set-resources
+    wins over both."""
+    results = tmp_path / "results"
+    config = tiny_config(results)
+    resources = config["experiments"]["tiny"]["resources"]
+    del resources["train_detector"]
+    resources["extract"] = {"threads": 3, "mem_mb": 1234, "runtime": 7}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--forceall", "--cores", "8", "--configfile", str(cfg), "--set-resources", "merge:mem_mb=4321")
+    jobs = {path: {k: v for k, v in values.items() if k in ("threads", "mem_mb", "runtime", "gpu", "nodes")}
+            for path, values in _dry_run_jobs(out, results).items()}
+    assert jobs["tiny/pseudo/shards/0-of-2.parquet"] == jobs["tiny/pseudo/shards/1-of-2.parquet"] == {
+        "threads": "3", "mem_mb": "1234", "runtime": "7", "gpu": "1"}
+    assert jobs["tiny/pa/checkpoint.pt"] == {"threads": "2", "mem_mb": "2000", "runtime": "15", "gpu": "1", "nodes": "1"}
+    for variant in ("baseline", "ggn"):  # the schema's default
+        assert jobs[f"tiny/detector/{variant}/checkpoint.pt"] == {
+            "threads": "1", "mem_mb": "32000", "runtime": "4320", "gpu": "1", "nodes": "1"}
+    assert jobs["tiny/pseudo/pseudo_gt.json"] == {"threads": "1", "mem_mb": "4321", "runtime": "15"}
+    assert jobs["table.csv"] == {"threads": "1", "mem_mb": "2000", "runtime": "15"}
 
 
 def test_bad_config_is_rejected_with_the_field(tmp_path):

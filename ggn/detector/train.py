@@ -1,4 +1,13 @@
-"""Train the class-agnostic Mask R-CNN / OLN detector on seen-class GT (baseline) or GT + pseudo-GT (ggn)."""
+"""Train the class-agnostic Mask R-CNN / OLN detector on seen-class GT (baseline) or GT + pseudo-GT (ggn).
+
+Resuming: the resumable state (model, optimizer, schedule, scaler, every rank's random state) is saved at each
+epoch end as OUT_DIR/epochs/epoch_NNN.pt and, every --checkpoint-minutes within an epoch, as
+OUT_DIR/epochs/mid_epoch.pt with the number of batches of that epoch already trained. A rerun with the same
+options and inputs continues from whichever is further on and skips exactly those batches (each epoch's image
+order is a function of the seed and the epoch), so that a preempted job ends where an uninterrupted one does.
+With `--workers` > 0 the flips of the rest of an interrupted epoch are drawn afresh (data-loading processes
+are seeded per epoch, not per image); with 0, as the demo, the result is identical.
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +26,8 @@ from tqdm import tqdm
 from ggn.coco_data import collate
 from ggn.detector.data import build_training_dataset
 from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained, trainable_summary
-from ggn.dist import (add_batch_arguments, barrier, cleanup, effective_lr, gather_counts, init_distributed,
-                      is_main_process, relaunch, under_launcher, unwrap)
+from ggn.dist import (add_batch_arguments, barrier, cleanup, effective_lr, gather_counts, gather_objects,
+                      init_distributed, is_main_process, rank0_decides, relaunch, under_launcher, unwrap)
 from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything, training_fingerprint
 
 log = logging.getLogger(__name__)
@@ -28,6 +37,7 @@ MODEL_FLAGS = ("kind", "backbone", "norm", "frozen_stages", "anchor_ratios", "bo
                "representation_size", "mask_channels", "mask_layers", "anchor_sizes", "min_size", "max_size",
                "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_batch_size_per_image",
                "box_batch_size_per_image")
+MID_EPOCH = "mid_epoch.pt"  # the within-epoch checkpoint, beside the epoch_NNN.pt ones
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,6 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-images", type=int, help="train on the first N images only (smoke tests)")
     p.add_argument("--log-every", type=int, default=20, help="iterations between loss-log lines")
+    p.add_argument("--checkpoint-minutes", type=float, default=30.0,
+                   help="also save the resumable state every N minutes within an epoch, so that a preempted job "
+                        "loses minutes, not an epoch (0: at epoch ends only)")
 
 
 class WarmupMultiStep:
@@ -146,6 +159,31 @@ def latest_epoch_checkpoint(epoch_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def epoch_order(num_images: int, seed: int, epoch: int) -> list[int]:
+    """Dataset indices in the order a single training process visits them in `epoch` (0-based): a permutation
+    drawn from (seed, epoch) alone, so that a resumed run can skip the batches already trained. The generator
+    first gives the DataLoader its worker base seed (what torch's shuffling loader draws first), which keeps the
+    order of earlier versions of this trainer."""
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    torch.empty((), dtype=torch.int64).random_(generator=gen)
+    return torch.randperm(num_images, generator=gen).tolist()
+
+
+def _resume_point(epoch_dir: Path) -> tuple[Path | None, dict | None]:
+    """The saved state furthest on: the last epoch checkpoint or the mid-epoch one, whichever is later."""
+    found = [p for p in (latest_epoch_checkpoint(epoch_dir), epoch_dir / MID_EPOCH) if p is not None and p.is_file()]
+    states = [(p, load_checkpoint(p)) for p in found]
+    if not states:
+        return None, None
+
+    def progress(item):  # (epochs fully done, batches of the next one done)
+        state = item[1]
+        done = state.get("batches_done")
+        return (state["epoch"] + 1, 0) if done is None else (state["epoch"], done)
+
+    return max(states, key=progress)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.gpus > 1 and not under_launcher():
         return relaunch(args.gpus, "train-detector", args._argv)
@@ -192,8 +230,7 @@ def run(args: argparse.Namespace) -> int:
     log_path = out.parent / "train_log.jsonl"
     start_epoch = 0
     fingerprint = training_fingerprint(args, [args.train_json, args.pseudo_gt, args.pseudo_store])
-    resume = latest_epoch_checkpoint(epoch_dir)
-    state = load_checkpoint(resume) if resume is not None else None
+    resume, state = _resume_point(epoch_dir)
     if state is not None and (state.get("fingerprint") != fingerprint or state.get("config") != config
                               or state["epoch"] + 1 > args.epochs):
         if is_main_process():
@@ -201,39 +238,62 @@ def run(args: argparse.Namespace) -> int:
                         "training afresh", resume)
         barrier()
         if is_main_process():
-            for old in epoch_dir.glob("epoch_*.pt"):
+            for old in [*epoch_dir.glob("epoch_*.pt"), epoch_dir / MID_EPOCH]:
                 old.unlink(missing_ok=True)
         state = None
+    skip_batches, resumed_sums, resumed_seconds = 0, {}, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch = state["epoch"] + 1
-        log.info("resuming from %s at epoch %d", resume, start_epoch + 1)
+        ranks = state.get("rng_per_rank")
+        set_rng_state(ranks[rank] if ranks and len(ranks) == world else state["rng"])
+        if state.get("batches_done") is None:
+            start_epoch = state["epoch"] + 1
+            log.info("resuming from %s at epoch %d", resume, start_epoch + 1)
+        else:
+            start_epoch, skip_batches = state["epoch"], state["batches_done"]
+            resumed_sums, resumed_seconds = dict(state["sums"]), state["seconds"]
+            log.info("resuming from %s in epoch %d after its first %d of %d batches", resume, start_epoch + 1,
+                     skip_batches, iters_per_epoch)
     barrier()
     images_seen = torch.zeros(1, dtype=torch.int64)
     if world > 1:
         model = sync_trainable_batchnorm(model, config["norm"], device.type)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
+    def save(path: Path, epoch: int, extra: dict) -> None:
+        """The resumable state, written by rank 0 (every rank's random state gathered first)."""
+        rngs = gather_objects(rng_state())
+        if is_main_process():
+            atomic_torch_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                               "epoch": epoch, "rng": rngs[0], "rng_per_rank": rngs, "config": config,
+                               "fingerprint": fingerprint, **extra}, path)
+
+    every_s = args.checkpoint_minutes * 60
     for epoch in range(start_epoch, args.epochs):
         model.train()
+        skip = skip_batches if epoch == start_epoch else 0
         if sampler is not None:
             sampler.set_epoch(epoch)
-            loader_kwargs = {"sampler": sampler}
+            order = list(sampler)
+            gen = None  # as before: the worker base seed comes from the (restored) global generator
         else:
             # Seeded per epoch so that a resumed run sees the same order as an uninterrupted one.
+            order = epoch_order(len(dataset), args.seed, epoch)
             gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-            loader_kwargs = {"shuffle": True, "generator": gen}
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, drop_last=True,
+                                             sampler=order[skip * args.batch_size:], generator=gen,
                                              num_workers=args.workers, collate_fn=collate,
-                                             persistent_workers=False, **loader_kwargs)
-        sums: dict[str, float] = {}
-        t0 = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main_process(), dynamic_ncols=True)
-        for i, (images, targets) in enumerate(bar):
+                                             persistent_workers=False)
+        sums: dict[str, float] = dict(resumed_sums) if skip else {}
+        t0 = time.time() - (resumed_seconds if skip else 0.0)
+        last_save = time.monotonic()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main_process(), dynamic_ncols=True,
+                   initial=skip, total=iters_per_epoch)
+        for i, (images, targets) in enumerate(bar, start=skip):
             images = [im.to(device, non_blocking=True) for im in images]
             targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -258,6 +318,11 @@ def run(args: argparse.Namespace) -> int:
             if is_main_process() and (i % args.log_every == 0):
                 _append_jsonl(log_path, {"epoch": epoch + 1, "iter": i, "lr": optimizer.param_groups[0]["lr"],
                                          **values})
+            if (every_s > 0 and i + 1 < iters_per_epoch
+                    and rank0_decides(time.monotonic() - last_save >= every_s, device)):
+                save(epoch_dir / MID_EPOCH, epoch, {"batches_done": i + 1, "sums": sums,
+                                                    "seconds": time.time() - t0})
+                last_save = time.monotonic()
         n = max(1, iters_per_epoch)
         per_rank = gather_counts(images_seen)
         summary = {"epoch": epoch + 1, "mean": {k: v / n for k, v in sums.items()}, "effective_lr": lr,
@@ -267,12 +332,10 @@ def run(args: argparse.Namespace) -> int:
             _append_jsonl(log_path, summary)
             log.info("epoch %d: mean loss %.4f (%.1f s)", epoch + 1, summary["mean"].get("loss", math.nan),
                      summary["seconds"])
-            path = epoch_dir / f"epoch_{epoch:03d}.pt"
-            atomic_torch_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                               "epoch": epoch, "rng": rng_state(), "config": config,
-                               "fingerprint": fingerprint}, path)
-            for old in epoch_dir.glob("epoch_*.pt"):  # one resumable state is enough; they are large
+        path = epoch_dir / f"epoch_{epoch:03d}.pt"
+        save(path, epoch, {})
+        if is_main_process():
+            for old in [*epoch_dir.glob("epoch_*.pt"), epoch_dir / MID_EPOCH]:  # one resumable state is enough
                 if old != path:
                     old.unlink(missing_ok=True)
         barrier()

@@ -1,4 +1,10 @@
-"""Train the pairwise-affinity network (paper schedule by default); resumes from per-epoch checkpoints."""
+"""Train the pairwise-affinity network (paper schedule by default); resumes from its checkpoints.
+
+The resumable state is saved at each epoch end (OUT_DIR/epochs/epoch_NNN.pt) and every --checkpoint-minutes
+within an epoch (OUT_DIR/epochs/mid_epoch.pt, with the number of batches of the epoch already trained). A rerun
+with the same options and inputs continues from whichever is further on and skips exactly those batches: the
+order is a function of (seed, epoch) and flips of (seed, epoch, image), so it ends as an uninterrupted run.
+"""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +30,7 @@ log = logging.getLogger(__name__)
 # Keys of the PA config that define the network and its targets: a resumed run must agree on them.
 _MODEL_KEYS = ("backbone", "norm", "fpn_dim", "ppm_dim", "pool_scales", "offsets", "reduce", "target")
 _KEEP_EPOCH_CHECKPOINTS = 2
+MID_EPOCH = "mid_epoch.pt"  # the within-epoch checkpoint, beside the epoch_NNN.pt ones
 _WARMUP_RATIO = 0.001  # linear warm-up starts at lr * 0.001 (mmcv default used by the reference)
 
 
@@ -63,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=None, help="train on the first N images only")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
     p.add_argument("--log-every", type=int, default=10, help="iterations between loss log lines")
+    p.add_argument("--checkpoint-minutes", type=float, default=30.0,
+                   help="also save the resumable state every N minutes within an epoch, so that a preempted job "
+                        "loses minutes, not an epoch (0: at epoch ends only)")
 
 
 def pa_config_from_args(args: argparse.Namespace) -> dict:
@@ -119,6 +129,21 @@ def latest_epoch_checkpoint(out: Path) -> Path | None:
     return files[-1] if files else None
 
 
+def _resume_point(out: Path) -> tuple[Path | None, dict | None]:
+    """The saved state furthest on: the last epoch checkpoint or the mid-epoch one, whichever is later."""
+    found = [p for p in (latest_epoch_checkpoint(out), epoch_dir(out) / MID_EPOCH) if p is not None and p.is_file()]
+    states = [(p, load_checkpoint(p, map_location="cpu")) for p in found]
+    if not states:
+        return None, None
+
+    def progress(item):  # (epochs fully done, batches of the next one done)
+        state = item[1]
+        done = state.get("batches_done")
+        return (int(state["epoch"]) + 1, 0) if done is None else (int(state["epoch"]), int(done))
+
+    return max(states, key=progress)
+
+
 def _jsonable_args(args: argparse.Namespace) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
             if isinstance(v, (str, int, float, bool, list, Path, type(None)))}
@@ -151,11 +176,15 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
     # One sampler for both paths: a single process is rank 0 of 1, shuffled by (seed, epoch).
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=args.seed, drop_last=False)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-        collate_fn=collate_padded, pin_memory=device.type == "cuda", drop_last=False,
-        persistent_workers=False)
-    iters_per_epoch = len(loader)
+    iters_per_epoch = -(-len(sampler) // args.batch_size)
+
+    def epoch_loader(epoch: int, skip_batches: int) -> torch.utils.data.DataLoader:
+        """This rank's batches of `epoch` after the first `skip_batches` (a resumed epoch skips those)."""
+        sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=args.batch_size, sampler=list(sampler)[skip_batches * args.batch_size:],
+            num_workers=args.workers, collate_fn=collate_padded, pin_memory=device.type == "cuda",
+            drop_last=False, persistent_workers=False)
 
     lr = dist.effective_lr(args.lr, args.batch_size, world, args.lr_batch)
     if main:
@@ -168,8 +197,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
 
     start_epoch = 0
     fingerprint = training_fingerprint(args, [args.train_json])
-    resume_from = latest_epoch_checkpoint(args.out)
-    ckpt = load_checkpoint(resume_from, map_location="cpu") if resume_from is not None else None
+    resume_from, ckpt = _resume_point(args.out)
     if ckpt is not None and (ckpt.get("fingerprint") != fingerprint or int(ckpt["epoch"]) + 1 > args.epochs
                              or any(ckpt["config"].get(k) != config.get(k) for k in _MODEL_KEYS)):
         if main:
@@ -177,17 +205,26 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
                         "training afresh", resume_from)
         dist.barrier()
         if main:
-            for old in epoch_dir(args.out).glob("epoch_*.pt"):
+            for old in [*epoch_dir(args.out).glob("epoch_*.pt"), epoch_dir(args.out) / MID_EPOCH]:
                 old.unlink(missing_ok=True)
         ckpt = None
+    skip_batches, resumed_sums = 0, None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
-        start_epoch = int(ckpt["epoch"]) + 1
-        if main:
-            log.info("resuming from %s (epoch %d of %d done)", resume_from, start_epoch, args.epochs)
+        ranks = ckpt.get("rng_per_rank")
+        _set_rng_state(ranks[rank] if ranks and len(ranks) == world else ckpt["rng"])
+        if ckpt.get("batches_done") is None:
+            start_epoch = int(ckpt["epoch"]) + 1
+            if main:
+                log.info("resuming from %s (epoch %d of %d done)", resume_from, start_epoch, args.epochs)
+        else:
+            start_epoch, skip_batches = int(ckpt["epoch"]), int(ckpt["batches_done"])
+            resumed_sums = ckpt["sums"]
+            if main:
+                log.info("resuming from %s in epoch %d after its first %d of %d batches", resume_from,
+                         start_epoch + 1, skip_batches, iters_per_epoch)
     dist.barrier()
 
     if world > 1:
@@ -205,14 +242,22 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
                  args.backbone, len(dataset), iters_per_epoch, world, device, log_path)
 
     images_seen = torch.zeros(1, dtype=torch.int64)
+    every_s = args.checkpoint_minutes * 60
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        sampler.set_epoch(epoch)
+        skip = skip_batches if epoch == start_epoch else 0
+        loader = epoch_loader(epoch, skip)
         dataset.set_epoch(epoch)
         t0 = time.perf_counter()
         total, count, window, window_n, seen = 0.0, 0, 0.0, 0, 0
-        bar = tqdm(loader, desc=f"train-pa epoch {epoch + 1}/{args.epochs}", disable=not main, leave=False)
-        for it, batch in enumerate(bar):
+        if skip:
+            total, count, window, window_n, seen = (resumed_sums[k] for k in ("total", "count", "window", "window_n",
+                                                                              "seen"))
+            t0 -= resumed_sums["seconds"]
+        last_save = time.perf_counter()
+        bar = tqdm(loader, desc=f"train-pa epoch {epoch + 1}/{args.epochs}", disable=not main, leave=False,
+                   initial=skip, total=iters_per_epoch)
+        for it, batch in enumerate(bar, start=skip):
             images = normalize_images(batch["images"].to(device, non_blocking=True), config)
             ids = batch["ids"].to(device, non_blocking=True)
             valid = batch["valid"].to(device, non_blocking=True)
@@ -244,6 +289,13 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
                     "lr": scheduler.get_last_lr()[0], "loss": window / window_n,
                     "images_per_s": seen * world / (time.perf_counter() - t0)})
                 window, window_n = 0.0, 0
+            if (every_s > 0 and it + 1 < iters_per_epoch
+                    and dist.rank0_decides(time.perf_counter() - last_save >= every_s, device)):
+                sums = {"total": total, "count": count, "window": window, "window_n": window_n, "seen": seen,
+                        "seconds": time.perf_counter() - t0}
+                _save_state(epoch_dir(args.out) / MID_EPOCH, args, config, model, optimizer, scheduler, epoch,
+                            fingerprint, {"batches_done": it + 1, "sums": sums})
+                last_save = time.perf_counter()
         bar.close()
         seconds = time.perf_counter() - t0
         per_rank = dist.gather_counts(images_seen)
@@ -251,7 +303,8 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
             _append_log(log_path, {"epoch": epoch + 1, "epoch_loss": total / max(1, count), "seconds": seconds,
                                    "images_per_s": seen * world / max(seconds, 1e-9), "effective_lr": lr,
                                    "total_batch": args.batch_size * world, "images_per_rank": per_rank})
-            _save_epoch(args, config, dist.unwrap(model), optimizer, scheduler, epoch, fingerprint)
+        _save_epoch(args, config, model, optimizer, scheduler, epoch, fingerprint)
+        if main:
             log.info("epoch %d/%d: mean loss %.4f, %.1f s", epoch + 1, args.epochs, total / max(1, count), seconds)
         dist.barrier()
         if on_epoch_end is not None:
@@ -272,16 +325,27 @@ def _append_log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _save_state(path: Path, args, config, model, optimizer, scheduler, epoch: int, fingerprint: str,
+                extra: dict) -> None:
+    """The resumable state, written by rank 0 (every rank's random state gathered first; all ranks call this)."""
+    rngs = dist.gather_objects(_rng_state())
+    if not dist.is_main_process():
+        return
+    atomic_torch_save({
+        "model": {k: v.detach().cpu() for k, v in dist.unwrap(model).state_dict().items()},
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+        "rng": rngs[0], "rng_per_rank": rngs, "config": config, "args": _jsonable_args(args),
+        "fingerprint": fingerprint, **extra,
+    }, path)
+
+
 def _save_epoch(args, config, model, optimizer, scheduler, epoch: int, fingerprint: str) -> None:
     folder = epoch_dir(args.out)
-    path = folder / f"epoch_{epoch:03d}.pt"
-    atomic_torch_save({
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-        "rng": _rng_state(), "config": config, "args": _jsonable_args(args), "fingerprint": fingerprint,
-    }, path)
-    for old in sorted(folder.glob("epoch_*.pt"))[:-_KEEP_EPOCH_CHECKPOINTS]:
-        old.unlink(missing_ok=True)
+    _save_state(folder / f"epoch_{epoch:03d}.pt", args, config, model, optimizer, scheduler, epoch, fingerprint, {})
+    if dist.is_main_process():
+        (folder / MID_EPOCH).unlink(missing_ok=True)
+        for old in sorted(folder.glob("epoch_*.pt"))[:-_KEEP_EPOCH_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -173,3 +173,30 @@ def all_targets():
         if exp["targets"] == "pseudo":
             targets.append(f"{RESULTS}/{name}/pseudo/pseudo_gt.json")
     return targets
+
+
+def _job_request(wildcards, rule_name):
+    """The experiment's `resources` entry for a rule; for `table` (all experiments) the largest of each value."""
+    if hasattr(wildcards, "exp"):
+        return experiment(wildcards)["resources"][rule_name]
+    entries = [config["experiments"][name]["resources"][rule_name] for name in EXPERIMENTS]
+    return {key: max(entry[key] for entry in entries) for key in entries[0]}
+
+
+def job_threads(rule_name):
+    """Threads of a rule's jobs, from the experiment's `resources` block (schema defaults are paper scale)."""
+
+    def threads(wildcards):
+        return _job_request(wildcards, rule_name)["threads"]
+
+    return threads
+
+
+def job_resource(rule_name, key):
+    """Memory (`mem_mb`, MB) or `runtime` (minutes) of a rule's jobs, from the experiment's `resources` block;
+    a profile's set-resources still overrides it."""
+
+    def value(wildcards):
+        return _job_request(wildcards, rule_name)[key]
+
+    return value

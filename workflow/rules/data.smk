@@ -12,10 +12,10 @@ rule synth:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/synth.log",
-    threads: 2
+    threads: job_threads("synth")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=job_resource("synth", "mem_mb"),
+        runtime=job_resource("synth", "runtime"),
     shell:
         "ggn synth --out {params.out} --workers {threads} {params.flags} > {log} 2>&1"
 
@@ -33,10 +33,10 @@ rule split:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/split.log",
-    threads: 1
+    threads: job_threads("split")
     resources:
-        mem_mb=16000,
-        runtime=30,
+        mem_mb=job_resource("split", "mem_mb"),
+        runtime=job_resource("split", "runtime"),
     shell:
         "ggn split --train-annotations {input.train} --eval-annotations {input.eval} {params.flags}"
         " --train-out {output.train} --eval-out {output.eval} > {log} 2>&1"

@@ -13,12 +13,12 @@ rule train_detector:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/train_detector-{{variant}}.log",
-    threads: 1
+    threads: job_threads("train_detector")
     resources:
         gpu=detector_gpus,
         nodes=1,
-        mem_mb=32000,
-        runtime=3 * 24 * 60,
+        mem_mb=job_resource("train_detector", "mem_mb"),
+        runtime=job_resource("train_detector", "runtime"),
     shell:
         "OMP_NUM_THREADS={threads} ggn train-detector --variant {wildcards.variant} --train-json {input.train}"
         " --images {params.images} --out {output.checkpoint} --threads {threads} {params.flags} > {log} 2>&1"
@@ -37,11 +37,11 @@ rule predict:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/predict-{{variant}}.log",
-    threads: 1
+    threads: job_threads("predict")
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=6 * 60,
+        mem_mb=job_resource("predict", "mem_mb"),
+        runtime=job_resource("predict", "runtime"),
     shell:
         "OMP_NUM_THREADS={threads} ggn predict --checkpoint {input.checkpoint} --annotations {input.eval}"
         " --images {params.images} --out {output.detections} --threads {threads} {params.flags} > {log} 2>&1"

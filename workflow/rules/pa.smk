@@ -13,12 +13,12 @@ rule train_pa:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/train_pa.log",
-    threads: 2
+    threads: job_threads("train_pa")
     resources:
         gpu=pa_gpus,
         nodes=1,
-        mem_mb=32000,
-        runtime=24 * 60,
+        mem_mb=job_resource("train_pa", "mem_mb"),
+        runtime=job_resource("train_pa", "runtime"),
     shell:
         "OMP_NUM_THREADS={threads} ggn train-pa --train-json {input.train} --images {params.images}"
         " --out {output.checkpoint} --threads {threads} {params.flags} > {log} 2>&1"
@@ -36,11 +36,11 @@ rule eval_pa:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/eval_pa.log",
-    threads: 1
+    threads: job_threads("eval_pa")
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=120,
+        mem_mb=job_resource("eval_pa", "mem_mb"),
+        runtime=job_resource("eval_pa", "runtime"),
     shell:
         "OMP_NUM_THREADS={threads} ggn eval-pa --checkpoint {input.checkpoint} --annotations {input.eval}"
         " --images {params.images} --out {output.metrics} > {log} 2>&1"

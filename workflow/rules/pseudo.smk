@@ -14,11 +14,11 @@ rule extract:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/extract-{{shard}}-of-{{nshards}}.log",
-    threads: 1
+    threads: job_threads("extract")
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=24 * 60,
+        mem_mb=job_resource("extract", "mem_mb"),
+        runtime=job_resource("extract", "runtime"),
     shell:
         "OMP_NUM_THREADS={threads} ggn extract --checkpoint {input.checkpoint} --annotations {input.images_list}"
         " --images {params.images} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
@@ -38,10 +38,10 @@ rule merge:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/merge.log",
-    threads: 1
+    threads: job_threads("merge")
     resources:
-        mem_mb=16000,
-        runtime=6 * 60,
+        mem_mb=job_resource("merge", "mem_mb"),
+        runtime=job_resource("merge", "runtime"),
     shell:
         "ggn merge --shards {input.shards} --annotations {input.images_list} --out {output.pseudo}"
         " {params.store} {params.flags} > {log} 2>&1"

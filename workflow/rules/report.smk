@@ -11,10 +11,10 @@ rule evaluate:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/evaluate-{{variant}}.log",
-    threads: 1
+    threads: job_threads("evaluate")
     resources:
-        mem_mb=16000,
-        runtime=120,
+        mem_mb=job_resource("evaluate", "mem_mb"),
+        runtime=job_resource("evaluate", "runtime"),
     shell:
         "ggn evaluate --gt {input.eval} --detections {input.detections} --out {output.metrics} > {log} 2>&1"
 
@@ -32,10 +32,10 @@ rule row:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/{{exp}}/logs/row.log",
-    threads: 1
+    threads: job_threads("row")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resource("row", "mem_mb"),
+        runtime=job_resource("row", "runtime"),
     shell:
         "ggn table row --baseline {input.baseline} --ggn {input.ggn} --pa {input.pa} --out {output.row}"
         " {params.flags} > {log} 2>&1"
@@ -51,9 +51,9 @@ rule table:
         "../envs/ggn.yaml"
     log:
         f"{RESULTS}/logs/table.log",
-    threads: 1
+    threads: job_threads("table")
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resource("table", "mem_mb"),
+        runtime=job_resource("table", "runtime"),
     shell:
         "ggn table gather --rows {input.rows} --csv {output.csv} --md {output.md} > {log} 2>&1"
