@@ -3,7 +3,7 @@ import re
 
 from snakemake.utils import validate
 
-from ggn.recipe import to_flags  # the same flags `ggn recipe` and the parity test resolve
+from ggn.recipe import stage_flags, to_flags  # the same flags `ggn recipe` and the parity test resolve
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -18,6 +18,11 @@ for _name in EXPERIMENTS:
             f"(have: {', '.join(config['experiments'])})"
         )
     _exp = config["experiments"][_name]
+    if _exp["rank"]["by"] == "oln" and _exp["detector"]["kind"] != "oln":
+        raise ValueError(
+            f"experiment {_name!r}: rank.by oln (Pseudo-OLN) re-ranks with the row's baseline OLN detector; "
+            f"set detector.kind: oln (it is {_exp['detector']['kind']!r}) or rank.by: grouping"
+        )
     if "data" not in _exp and "synthetic" not in _exp:
         raise ValueError(
             f"experiment {_name!r} needs a 'data' block (annotation files and image folders) "
@@ -109,12 +114,18 @@ def num_shards(name):
 
 
 def extract_flags(wildcards):
-    return to_flags(experiment(wildcards)["extract"], skip=("num_shards",))
+    return stage_flags(experiment(wildcards), "extract")
+
+
+def rank_flags(wildcards):
+    return stage_flags(experiment(wildcards), "rank")
 
 
 def shard_files(wildcards):
+    """Shards merge reads: the extracted ones, or their Pseudo-OLN re-ranking (rank.by: oln)."""
     n = num_shards(wildcards.exp)
-    return [f"{RESULTS}/{wildcards.exp}/pseudo/shards/{i}-of-{n}.parquet" for i in range(n)]
+    folder = "ranked" if experiment(wildcards)["rank"]["by"] == "oln" else "shards"
+    return [f"{RESULTS}/{wildcards.exp}/pseudo/{folder}/{i}-of-{n}.parquet" for i in range(n)]
 
 
 def merge_flags(wildcards):
@@ -154,6 +165,9 @@ def row_flags(wildcards):
         "top_k": exp["merge"]["top_k"],
         "paper_baseline": exp.get("paper", {}).get("baseline"),
         "paper_ggn": exp.get("paper", {}).get("ggn"),
+        "paper_metric": exp.get("paper", {}).get("metric"),
+        "detector": exp["detector"]["kind"],
+        "ranking": exp["rank"]["by"],
     }
     return to_flags(options)
 

@@ -1,4 +1,5 @@
-# Pseudo ground truth: sharded extraction (PA + grouping + ranking), then one merge.
+# Pseudo ground truth: sharded extraction (PA + grouping + ranking), optionally re-ranked per shard by the
+# row's baseline OLN detector (Pseudo-OLN, rank.by: oln), then one merge.
 
 
 rule extract:
@@ -23,6 +24,31 @@ rule extract:
         "OMP_NUM_THREADS={threads} ggn extract --checkpoint {input.checkpoint} --annotations {input.images_list}"
         " --images {params.images} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
         " --out {output.shard} {params.flags} > {log} 2>&1"
+
+
+rule rank_oln:
+    input:
+        shard=f"{RESULTS}/{{exp}}/pseudo/shards/{{shard}}-of-{{nshards}}.parquet",
+        checkpoint=f"{RESULTS}/{{exp}}/detector/baseline/checkpoint.pt",
+        images_list=pseudo_annotations,
+    output:
+        shard=f"{RESULTS}/{{exp}}/pseudo/ranked/{{shard}}-of-{{nshards}}.parquet",
+    params:
+        images=pseudo_images,
+        flags=rank_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/rank_oln-{{shard}}-of-{{nshards}}.log",
+    threads: job_threads("rank_oln")
+    resources:
+        gpu=1,
+        mem_mb=job_resource("rank_oln", "mem_mb"),
+        runtime=job_resource("rank_oln", "runtime"),
+    shell:
+        "OMP_NUM_THREADS={threads} ggn rank-oln --shard {input.shard} --checkpoint {input.checkpoint}"
+        " --annotations {input.images_list} --images {params.images} --out {output.shard} --threads {threads}"
+        " {params.flags} > {log} 2>&1"
 
 
 rule merge:
