@@ -38,14 +38,17 @@ class CocoInstances(torch.utils.data.Dataset):
     """
 
     def __init__(self, ann_file: str | Path, image_root: str | Path,
-                 extra_annotations: Iterable[dict] | None = None, image_ids: list[int] | None = None):
+                 extra_annotations: Iterable[dict] | None = None, image_ids: list[int] | None = None,
+                 with_annotations: bool = True):
+        """`with_annotations=False` uses the file's image list only (its annotations, if any, are ignored):
+        training on pseudo-GT alone, e.g. ImageNet images listed by `ggn list-images`."""
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
         coco = read_json(self.ann_file, "annotation file")
-        if "images" not in coco or "annotations" not in coco:
+        if not isinstance(coco, dict) or "images" not in coco or (with_annotations and "annotations" not in coco):
             raise InputError(f"{self.ann_file} lacks 'images' or 'annotations': it is not a COCO instances file")
         self.images = {img["id"]: img for img in coco["images"]}
-        self.anns = index_annotations(coco["annotations"])
+        self.anns = index_annotations(coco["annotations"] if with_annotations else [])
         if extra_annotations is not None:
             for ann in extra_annotations:
                 self.anns[ann["image_id"]].append(ann)

@@ -109,12 +109,19 @@ def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
     for block, (step, required, skip) in STAGES.items():
         if block in ("detector", "predict") and exp.get("targets") == "pseudo":
             continue  # the experiment stops at the pseudo-GT
+        if block == "pa" and "pa_from" in exp:
+            continue  # another experiment's PA network (resolved, and checked, there)
+        if block in ("extract", "merge") and "pseudo_from" in exp:
+            continue  # another experiment's pseudo-GT
         args = parse_step(step, required + shlex.split(to_flags(exp.get(block) or {}, skip=skip)))
         options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         if block == "pa":
             options["total_batch"] = args.batch_size * args.gpus
             options["effective_lr"] = effective_lr(args.lr, args.batch_size, args.gpus, args.lr_batch)
         elif block == "detector":
+            if "init_from" in exp:  # the workflow passes that experiment's ggn detector as --pretrained
+                args.pretrained = f"{exp['init_from']}/detector/ggn/checkpoint.pt"
+                options["init_from"] = options["pretrained"] = exp["init_from"]
             resolve_freezing(args)
             options.update(norm=args.norm, frozen_stages=args.frozen_stages,
                            total_batch=args.batch_size * args.gpus,
@@ -124,8 +131,10 @@ def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
 
             options["propose"] = {**pa_lib.GROUPINGS[args.grouping], **parse_propose_params(args.propose_params)}
             options["num_shards"] = (exp.get("extract") or {}).get("num_shards", 1)  # the rule's shard count
+        elif block == "merge":
+            options["store"] = bool((exp.get("merge") or {}).get("store", False))  # the rule's --store
         out[block] = options
-    if (exp.get("rank") or {}).get("by") == "oln":
+    if (exp.get("rank") or {}).get("by") == "oln" and "pseudo_from" not in exp:
         args = parse_step("rank-oln", ["--shard", "SHARD.parquet", "--checkpoint", "OLN.pt", "--annotations",
                                        "TRAIN.json", "--images", "IMAGES", "--out", "RANKED.parquet"]
                           + shlex.split(stage_flags(exp, "rank")))

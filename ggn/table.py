@@ -23,8 +23,9 @@ def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
     row = sub.add_parser("row", help="one experiment's row from its two metrics files")
     row.add_argument("--experiment", required=True)
-    row.add_argument("--baseline", required=True, type=Path, help="metrics JSON of the baseline detector")
-    row.add_argument("--ggn", required=True, type=Path, help="metrics JSON of the detector trained with pseudo-GT")
+    row.add_argument("--baseline", type=Path, help="metrics JSON of the baseline detector (a row may lack it: the "
+                                                    "ImageNet rows have a GGN detector only)")
+    row.add_argument("--ggn", type=Path, help="metrics JSON of the detector trained with pseudo-GT")
     row.add_argument("--pa", type=Path, default=None, help="metrics JSON of `ggn eval-pa` (optional)")
     row.add_argument("--training", default="", help="what the detector was trained on")
     row.add_argument("--evaluation", default="", help="what it was evaluated on")
@@ -50,7 +51,7 @@ def _metric(metrics: dict, path: Path, iou_type: str, name: str) -> float:
         raise InputError(f"{path} has no {iou_type} {name}; it must be the output of `ggn evaluate`") from None
 
 
-def make_row(experiment: str, baseline: Path, ggn: Path, pa: Path | None = None, training: str = "",
+def make_row(experiment: str, baseline: Path | None, ggn: Path | None, pa: Path | None = None, training: str = "",
              evaluation: str = "", top_k: int | None = None, paper_baseline: float | None = None,
              paper_ggn: float | None = None, paper_metric: str = "mask_AR@100", detector: str = "",
              ranking: str = "") -> dict:
@@ -58,11 +59,14 @@ def make_row(experiment: str, baseline: Path, ggn: Path, pa: Path | None = None,
         raise InputError(f"paper metric {paper_metric!r} is not one of {[c for c, _, _ in METRICS]}")
     row = {"experiment": experiment, "training": training, "evaluation": evaluation, "detector": detector,
            "ranking": ranking, "top_k": top_k}
+    if baseline is None and ggn is None:
+        raise InputError(f"row {experiment}: give --baseline and/or --ggn metrics")
     for variant, path in (("baseline", baseline), ("ggn", ggn)):
-        metrics = read_json(path, "metrics file")
+        metrics = read_json(path, "metrics file") if path is not None else None
         for column, iou_type, name in METRICS:
-            row[f"{variant}_{column}"] = round(_metric(metrics, path, iou_type, name), 2)
-    row["gain_mask_AR@100"] = round(row["ggn_mask_AR@100"] - row["baseline_mask_AR@100"], 2)
+            row[f"{variant}_{column}"] = None if path is None else round(_metric(metrics, path, iou_type, name), 2)
+    row["gain_mask_AR@100"] = (None if baseline is None or ggn is None
+                               else round(row["ggn_mask_AR@100"] - row["baseline_mask_AR@100"], 2))
     row["paper_metric"] = paper_metric
     row[f"paper_baseline_{paper_metric}"] = paper_baseline
     row[f"paper_ggn_{paper_metric}"] = paper_ggn
@@ -83,7 +87,7 @@ def render_markdown(rows: list[dict]) -> str:
               "box AR@10", "box AR@100", "mask AR@10", "mask AR@100", "gain (mask AR@100)", "paper (its metric)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        pair = lambda c: f"{fmt(r[f'baseline_{c}'])} → {fmt(r[f'ggn_{c}'])}"  # noqa: E731
+        pair = lambda c: f"{fmt(r[f'baseline_{c}']) or '–'} → {fmt(r[f'ggn_{c}']) or '–'}"  # noqa: E731
         metric = r.get("paper_metric", "mask_AR@100")
         base, ggn = r.get(f"paper_baseline_{metric}"), r.get(f"paper_ggn_{metric}")
         paper = ""
@@ -94,7 +98,7 @@ def render_markdown(rows: list[dict]) -> str:
             detector += ", Pseudo-OLN pseudo-GT"
         cells = [r["experiment"], r["training"], r["evaluation"], detector, fmt(r["top_k"]),
                  pair("box_AR@10"), pair("box_AR@100"), pair("mask_AR@10"), pair("mask_AR@100"),
-                 f"{r['gain_mask_AR@100']:+.1f}", paper]
+                 "" if r["gain_mask_AR@100"] is None else f"{r['gain_mask_AR@100']:+.1f}", paper]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("AR in percent on unseen classes only (seen-class ground truth ignored), baseline → GGN "
@@ -125,7 +129,7 @@ def run(args) -> None:
                        args.top_k, args.paper_baseline, args.paper_ggn, args.paper_metric, args.detector,
                        args.ranking)
         atomic_write_json(args.out, row, indent=2)
-        log.info("row %s: mask AR@100 %.1f -> %.1f (%s)", args.experiment, row["baseline_mask_AR@100"],
+        log.info("row %s: mask AR@100 %s -> %s (%s)", args.experiment, row["baseline_mask_AR@100"],
                  row["ggn_mask_AR@100"], args.out)
     else:
         gather(args.rows, args.csv, args.md)

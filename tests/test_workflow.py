@@ -29,7 +29,7 @@ def snakemake(*args, cwd=REPO, check=True):
 
 
 # Every rule that runs as a job (all but `all`), each with an entry in an experiment's `resources` block.
-JOB_RULES = ("synth", "split", "train_pa", "eval_pa", "extract", "rank_oln", "merge", "train_detector", "predict", "evaluate",
+JOB_RULES = ("synth", "list_images", "split", "train_pa", "eval_pa", "extract", "rank_oln", "merge", "train_detector", "predict", "evaluate",
              "row", "table")
 
 

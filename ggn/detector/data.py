@@ -109,10 +109,18 @@ def read_pseudo_gt(path: str | Path, train_image_ids: set[int]) -> list[dict]:
 
 def build_training_dataset(train_json: str | Path, images: str | Path, variant: str = "baseline",
                            pseudo_gt: str | Path | None = None, pseudo_store: str | Path | Any | None = None,
-                           flip: float = 0.5, max_images: int | None = None) -> DetectorDataset:
-    """Seen-class GT for `baseline`; GT + pseudo-GT (from pseudo_gt.json or a per-image store) for `ggn`."""
+                           flip: float = 0.5, max_images: int | None = None,
+                           ground_truth: bool = True) -> DetectorDataset:
+    """Seen-class GT for `baseline`; GT + pseudo-GT (from pseudo_gt.json or a per-image store) for `ggn`.
+
+    `ground_truth=False` (the ImageNet row: a detector trained on pseudo-GT alone) ignores the file's
+    annotations and keeps only the images that have pseudo-GT, as mmdet's filter_empty_gt drops images
+    without annotations from training.
+    """
     if variant not in ("baseline", "ggn"):
         raise InputError(f"unknown --variant {variant!r}; choose 'baseline' or 'ggn'")
+    if not ground_truth:
+        return _pseudo_only_dataset(train_json, images, variant, pseudo_gt, pseudo_store, flip, max_images)
     if variant == "ggn" and pseudo_gt is None and pseudo_store is None:
         raise InputError("--variant ggn needs pseudo-GT: pass --pseudo-gt pseudo_gt.json or --pseudo-store DIR "
                          "(outputs of `ggn merge`)")
@@ -134,4 +142,37 @@ def build_training_dataset(train_json: str | Path, images: str | Path, variant: 
         else:
             store = pseudo_store
     transform = RandomHorizontalFlip(flip) if flip > 0 else None
+    return DetectorDataset(base, pseudo_store=store, transform=transform)
+
+
+def _pseudo_only_dataset(train_json, images, variant, pseudo_gt, pseudo_store, flip, max_images) -> DetectorDataset:
+    if variant != "ggn" or (pseudo_gt is None and pseudo_store is None):
+        raise InputError("--no-ground-truth trains on pseudo-GT alone: use --variant ggn with --pseudo-gt or "
+                         "--pseudo-store")
+    transform = RandomHorizontalFlip(flip) if flip > 0 else None
+    base = CocoInstances(train_json, images, with_annotations=False)
+    listed = set(base.images)
+    if pseudo_gt is not None:
+        anns = read_pseudo_gt(pseudo_gt, listed)
+        with_pseudo = sorted({a["image_id"] for a in anns})
+        base = CocoInstances(train_json, images, extra_annotations=anns, image_ids=with_pseudo,
+                             with_annotations=False)
+        store = None
+    else:
+        if isinstance(pseudo_store, (str, Path)):
+            from ggn.merge import PseudoStore
+
+            store = PseudoStore(pseudo_store)
+        else:
+            store = pseudo_store
+        stored = store.image_ids()
+        with_pseudo = [i for i in stored if i in listed]
+        if len(with_pseudo) < len(stored):
+            log.warning("%d images of the pseudo-GT store are not in %s; skipped", len(stored) - len(with_pseudo),
+                        train_json)
+        base.ids = with_pseudo
+    log.info("training on pseudo-GT alone: %d of %d listed images have pseudo-GT (the rest are left out)",
+             len(with_pseudo), len(listed))
+    if max_images is not None:
+        base.ids = base.ids[:max_images]
     return DetectorDataset(base, pseudo_store=store, transform=transform)

@@ -31,7 +31,8 @@ RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "re
 DEFAULT_CONFIG: dict[str, Any] = {
     "kind": "maskrcnn",            # "maskrcnn" or "oln"
     "backbone": "resnet50",
-    "norm": "eval_bn",             # "eval_bn" (reference norm_eval), "frozen_bn" (also affine fixed), "bn" (scratch)
+    "norm": "eval_bn",             # "eval_bn" (reference norm_eval), "frozen_bn" (also affine fixed), "bn" (scratch),
+                                   # "gn" (GroupNorm 32 in backbone and mask head: the ImageNet rows' recipe)
     "frozen_stages": 1,            # stem and stages 1..N get no gradient (mmdet's frozen_stages; -1: none)
     "anchor_ratios": [1.0],        # height/width ratios per location (reference: one square anchor)
     "box_loss": "l1",              # "l1" (reference) or "smooth_l1" (torchvision, beta 1/9), RPN and box head
@@ -79,7 +80,12 @@ class EvalModeBatchNorm2d(nn.BatchNorm2d):
         return super().train(False)
 
 
-NORMS = {"eval_bn": EvalModeBatchNorm2d, "frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+def group_norm(channels: int) -> nn.GroupNorm:
+    """mmdet's norm_cfg=dict(type="GN", num_groups=32, requires_grad=True)."""
+    return nn.GroupNorm(32, channels)
+
+
+NORMS = {"eval_bn": EvalModeBatchNorm2d, "frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "gn": group_norm}
 
 
 def build_backbone(name: str, fpn_channels: int, norm: str = "eval_bn", frozen_stages: int = 1) -> BackboneWithFPN:
@@ -134,7 +140,8 @@ def build_detector(config: dict[str, Any]) -> MaskRCNN:
         box_score_thresh=cfg["box_score_thresh"], box_nms_thresh=cfg["box_nms_thresh"],
         box_detections_per_img=cfg["box_detections_per_img"],
         box_batch_size_per_image=cfg["box_batch_size_per_image"],
-        mask_head=MaskRCNNHeads(c, [mask_channels] * cfg["mask_layers"], 1, norm_layer=None),
+        mask_head=MaskRCNNHeads(c, [mask_channels] * cfg["mask_layers"], 1,
+                                norm_layer=group_norm if cfg["norm"] == "gn" else None),
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, 2),
     )
     model = MaskRCNN(backbone, num_classes=None, **common)

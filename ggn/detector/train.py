@@ -50,14 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pseudo-gt", help="pseudo_gt.json of `ggn merge` (for --variant ggn)")
     src.add_argument("--pseudo-store", help="per-image pseudo-GT parquet store of `ggn merge` (huge sets)")
+    p.add_argument("--ground-truth", action=argparse.BooleanOptionalAction, default=True,
+                   help="train on the --train-json annotations (with --variant ggn: plus pseudo-GT); "
+                        "--no-ground-truth: pseudo-GT alone, on the listed images that have some (the ImageNet row)")
     p.add_argument("--kind", choices=("maskrcnn", "oln"), default=d["kind"])
     p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50", "resnet101"), default=d["backbone"])
     p.add_argument("--pretrained", help="`imagenet` (torchvision's ImageNet ResNet via its cache, $TORCH_HOME), "
                                         "or a local file: ResNet state dict or a full detector checkpoint")
-    p.add_argument("--norm", choices=("auto", "eval_bn", "frozen_bn", "bn"), default="auto",
+    p.add_argument("--norm", choices=("auto", "eval_bn", "frozen_bn", "bn", "gn"), default="auto",
                    help="backbone BatchNorm: eval_bn (statistics fixed, affine trained: the reference's norm_eval), "
-                        "frozen_bn (both fixed, torchvision's FrozenBatchNorm2d), bn (trainable); auto: eval_bn "
-                        "when --pretrained, bn from scratch")
+                        "frozen_bn (both fixed, torchvision's FrozenBatchNorm2d), bn (trainable); gn: GroupNorm "
+                        "(32 groups) in backbone and mask head (the ImageNet rows: class_agn_mask_rcnn_gn*.py); "
+                        "auto: eval_bn when --pretrained, bn from scratch")
     p.add_argument("--frozen-stages", type=int, default=None,
                    help="stem and stages 1..N get no gradient (-1: none); default 1 when --pretrained "
                         "(the reference), -1 from scratch")
@@ -68,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=8)
     add_batch_arguments(p, lr_batch=16, reference="the reference: 0.02 for 2 images x 8 GPUs = 16")
     p.add_argument("--lr-steps", type=int, nargs="*", default=[6, 7], help="epochs after which lr drops 10x")
+    p.add_argument("--lr-schedule", choices=("step", "cosine"), default="step",
+                   help="step: x0.1 after each --lr-steps epoch; cosine: per epoch from lr to lr x --min-lr-ratio "
+                        "(mmdet's CosineAnnealing, the ImageNet row)")
+    p.add_argument("--min-lr-ratio", type=float, default=1e-5, help="final lr / lr of the cosine schedule")
     p.add_argument("--warmup-iters", type=int, default=500, help="linear warm-up from 0.001*lr")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -98,17 +106,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class WarmupMultiStep:
-    """lr factor per iteration: linear warm-up from `warmup_ratio`, then x0.1 after each step epoch."""
+    """lr factor per iteration: linear warm-up from `warmup_ratio`, then x0.1 after each step epoch; or, with
+    `cosine_epochs`, mmdet's by-epoch CosineAnnealing: min + (1 - min) x (1 + cos(pi x epoch / epochs)) / 2."""
 
-    def __init__(self, iters_per_epoch: int, steps: list[int], warmup_iters: int, warmup_ratio: float = 0.001):
+    def __init__(self, iters_per_epoch: int, steps: list[int], warmup_iters: int, warmup_ratio: float = 0.001,
+                 cosine_epochs: int | None = None, min_lr_ratio: float = 1e-5):
         self.iters_per_epoch = iters_per_epoch
         self.steps = list(steps)
         self.warmup_iters = warmup_iters
         self.warmup_ratio = warmup_ratio
+        self.cosine_epochs = cosine_epochs
+        self.min_lr_ratio = min_lr_ratio
 
     def __call__(self, it: int) -> float:
         epoch = it // max(1, self.iters_per_epoch)
-        factor = 0.1 ** sum(epoch >= s for s in self.steps)
+        if self.cosine_epochs:
+            progress = min(epoch, self.cosine_epochs) / self.cosine_epochs
+            factor = self.min_lr_ratio + (1 - self.min_lr_ratio) * (1 + math.cos(math.pi * progress)) / 2
+        else:
+            factor = 0.1 ** sum(epoch >= s for s in self.steps)
         if it < self.warmup_iters:
             alpha = it / self.warmup_iters
             factor *= self.warmup_ratio * (1 - alpha) + alpha
@@ -117,15 +133,16 @@ class WarmupMultiStep:
 
 def resolve_freezing(args: argparse.Namespace) -> None:
     """auto norm and frozen stages: the reference's frozen BN and stem+stage 1 with pretrained weights;
-    everything trainable from scratch (frozen random statistics give NaN losses)."""
+    everything trainable from scratch (frozen random statistics give NaN losses). Frozen stages from scratch
+    stay allowed: the reference's ImageNet recipe (class_agn_mask_rcnn_gn_online.py) keeps a random stem and
+    stage 1 fixed under GroupNorm."""
     if args.norm == "auto":
         args.norm = "eval_bn" if args.pretrained else "bn"
     if args.frozen_stages is None:
         args.frozen_stages = 1 if args.pretrained else -1
-    if not args.pretrained and (args.norm != "bn" or args.frozen_stages >= 0):
-        raise InputError(f"--norm {args.norm} / --frozen-stages {args.frozen_stages} fix random weights without "
-                         "--pretrained; "
-                         "give --pretrained imagenet (or a weights file) or use --norm bn --frozen-stages -1")
+    if not args.pretrained and args.norm in ("eval_bn", "frozen_bn"):
+        raise InputError(f"--norm {args.norm} fixes random BatchNorm statistics without --pretrained (NaN losses); "
+                         "give --pretrained imagenet (or a weights file) or use --norm bn or gn")
 
 
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
     device, rank, world = init_distributed(args.device)
     seed_everything(args.seed + rank)
     dataset = build_training_dataset(args.train_json, args.images, args.variant, args.pseudo_gt,
-                                     args.pseudo_store, flip=args.flip, max_images=args.max_images)
+                                     args.pseudo_store, flip=args.flip, max_images=args.max_images,
+                                     ground_truth=args.ground_truth)
     if len(dataset) == 0:
         raise InputError(f"{args.train_json} has no images to train on")
     config = model_config(args)
@@ -222,7 +240,9 @@ def run(args: argparse.Namespace) -> int:
     if iters_per_epoch == 0:
         raise InputError(f"--batch-size {args.batch_size} is larger than the {len(dataset)} training images "
                          f"per process; lower it")
-    schedule = WarmupMultiStep(iters_per_epoch, args.lr_steps, args.warmup_iters)
+    schedule = WarmupMultiStep(iters_per_epoch, args.lr_steps, args.warmup_iters,
+                               cosine_epochs=args.epochs if args.lr_schedule == "cosine" else None,
+                               min_lr_ratio=args.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
 
@@ -279,11 +299,12 @@ def run(args: argparse.Namespace) -> int:
         if sampler is not None:
             sampler.set_epoch(epoch)
             order = list(sampler)
-            gen = None  # as before: the worker base seed comes from the (restored) global generator
         else:
             # Seeded per epoch so that a resumed run sees the same order as an uninterrupted one.
             order = epoch_order(len(dataset), args.seed, epoch)
-            gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        # The loader draws its worker base seed from a generator of its own, never from the global one that the
+        # detector's samplers use: a resumed epoch then draws exactly what the uninterrupted one did.
+        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch + 1_000_003 * rank)
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, drop_last=True,
                                              sampler=order[skip * args.batch_size:], generator=gen,
                                              num_workers=args.workers, collate_fn=collate,

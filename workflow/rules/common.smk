@@ -23,6 +23,19 @@ for _name in EXPERIMENTS:
             f"experiment {_name!r}: rank.by oln (Pseudo-OLN) re-ranks with the row's baseline OLN detector; "
             f"set detector.kind: oln (it is {_exp['detector']['kind']!r}) or rank.by: grouping"
         )
+    for _key in ("pa_from", "pseudo_from", "init_from"):
+        if _key in _exp and _exp[_key] not in config["experiments"]:
+            raise ValueError(
+                f"experiment {_name!r}: {_key} names {_exp[_key]!r}, which is not under 'experiments' "
+                f"(have: {', '.join(config['experiments'])}); add that experiment's block to this config"
+            )
+    if "init_from" in _exp and "ggn" not in config["experiments"][_exp["init_from"]]["variants"]:
+        raise ValueError(f"experiment {_name!r}: init_from {_exp['init_from']!r} builds no ggn detector")
+    if not _exp["detector"]["ground_truth"] and _exp["variants"] != ["ggn"]:
+        raise ValueError(
+            f"experiment {_name!r}: detector.ground_truth false trains on pseudo-GT alone, which only the ggn "
+            "detector has; set variants: [ggn]"
+        )
     if "data" not in _exp and "synthetic" not in _exp:
         raise ValueError(
             f"experiment {_name!r} needs a 'data' block (annotation files and image folders) "
@@ -82,11 +95,9 @@ def split_flags(wildcards):
 
 
 def pseudo_annotations(wildcards):
-    """Images the pseudo-GT is mined from: the training set unless `pseudo_data` names others."""
-    exp = experiment(wildcards)
-    if "pseudo_data" in exp:
-        return exp["pseudo_data"]["annotations"]
-    return f"{RESULTS}/{wildcards.exp}/data/train.json"
+    """Images the pseudo-GT is mined from: the training set unless `pseudo_data` names others (its image list,
+    or, without one, the list `ggn list-images` makes of its folder)."""
+    return _pseudo_images_list(wildcards.exp)
 
 
 def pseudo_images(wildcards):
@@ -138,18 +149,82 @@ def merge_store(wildcards):
     return ""
 
 
+def pa_source(wildcards):
+    """The experiment whose PA network this one uses: itself, or `pa_from`."""
+    return experiment(wildcards).get("pa_from", wildcards.exp)
+
+
+def pa_checkpoint(wildcards):
+    return f"{RESULTS}/{pa_source(wildcards)}/pa/checkpoint.pt"
+
+
+def pa_metrics(wildcards):
+    return f"{RESULTS}/{pa_source(wildcards)}/pa/metrics.json"
+
+
+def pseudo_source(wildcards):
+    """The experiment whose pseudo-GT the ggn detector trains on: itself, or `pseudo_from`."""
+    return experiment(wildcards).get("pseudo_from", wildcards.exp)
+
+
+def _pseudo_only(wildcards):
+    return wildcards.variant == "ggn" and not experiment(wildcards)["detector"]["ground_truth"]
+
+
+def detector_train_json(wildcards):
+    """Seen-class GT; for pseudo-GT alone, the list of images the pseudo-GT was mined from."""
+    if _pseudo_only(wildcards):
+        return _pseudo_images_list(pseudo_source(wildcards))
+    return f"{RESULTS}/{wildcards.exp}/data/train.json"
+
+
+def _pseudo_images_list(name):
+    exp = config["experiments"][name]
+    if "pseudo_data" in exp:
+        return exp["pseudo_data"].get("annotations") or f"{RESULTS}/{name}/data/pseudo_images.json"
+    return f"{RESULTS}/{name}/data/train.json"
+
+
+def detector_images(wildcards):
+    if _pseudo_only(wildcards):
+        exp = config["experiments"][pseudo_source(wildcards)]
+        if "pseudo_data" in exp:
+            return exp["pseudo_data"]["images"]
+    return train_images(wildcards)
+
+
 def detector_inputs(wildcards):
-    inputs = {"train": f"{RESULTS}/{wildcards.exp}/data/train.json"}
+    inputs = {"train": detector_train_json(wildcards)}
+    exp = experiment(wildcards)
     if wildcards.variant == "ggn":
-        inputs["pseudo"] = f"{RESULTS}/{wildcards.exp}/pseudo/pseudo_gt.json"
+        inputs["pseudo"] = f"{RESULTS}/{pseudo_source(wildcards)}/pseudo/pseudo_gt.json"
+        if "init_from" in exp:
+            inputs["init"] = f"{RESULTS}/{exp['init_from']}/detector/ggn/checkpoint.pt"
     return inputs
 
 
 def detector_flags(wildcards):
-    flags = to_flags(experiment(wildcards)["detector"])
+    exp = experiment(wildcards)
+    options = dict(exp["detector"])
     if wildcards.variant == "ggn":
-        flags += f" --pseudo-gt {RESULTS}/{wildcards.exp}/pseudo/pseudo_gt.json"
-    return flags
+        source = pseudo_source(wildcards)
+        if config["experiments"][source]["merge"]["store"]:  # read per image: memory flat in the image count
+            options["pseudo_store"] = f"{RESULTS}/{source}/pseudo/store"
+        else:
+            options["pseudo_gt"] = f"{RESULTS}/{source}/pseudo/pseudo_gt.json"
+        if "init_from" in exp:
+            options["pretrained"] = f"{RESULTS}/{exp['init_from']}/detector/ggn/checkpoint.pt"
+    else:
+        options.pop("ground_truth", None)
+    return to_flags(options)
+
+
+def row_inputs(wildcards):
+    exp = experiment(wildcards)
+    inputs = {"pa": pa_metrics(wildcards)}
+    for variant in exp["variants"]:
+        inputs[variant] = f"{RESULTS}/{wildcards.exp}/eval/{variant}.json"
+    return inputs
 
 
 def predict_flags(wildcards):

@@ -40,3 +40,20 @@ rule split:
     shell:
         "ggn split --train-annotations {input.train} --eval-annotations {input.eval} {params.flags}"
         " --train-out {output.train} --eval-out {output.eval} > {log} 2>&1"
+
+
+rule list_images:
+    output:
+        images=f"{RESULTS}/{{exp}}/data/pseudo_images.json",
+    params:
+        root=lambda wildcards: experiment(wildcards)["pseudo_data"]["images"],
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/list_images.log",
+    threads: job_threads("list_images")
+    resources:
+        mem_mb=job_resource("list_images", "mem_mb"),
+        runtime=job_resource("list_images", "runtime"),
+    shell:
+        "ggn list-images --root {params.root} --out {output.images} --workers {threads} > {log} 2>&1"

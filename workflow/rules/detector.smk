@@ -7,7 +7,7 @@ rule train_detector:
     output:
         checkpoint=f"{RESULTS}/{{exp}}/detector/{{variant}}/checkpoint.pt",
     params:
-        images=train_images,
+        images=detector_images,
         flags=detector_flags,
     conda:
         "../envs/ggn.yaml"

@@ -4,7 +4,7 @@
 
 rule extract:
     input:
-        checkpoint=f"{RESULTS}/{{exp}}/pa/checkpoint.pt",
+        checkpoint=pa_checkpoint,
         images_list=pseudo_annotations,
     output:
         shard=f"{RESULTS}/{{exp}}/pseudo/shards/{{shard}}-of-{{nshards}}.parquet",

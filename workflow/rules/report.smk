@@ -21,12 +21,11 @@ rule evaluate:
 
 rule row:
     input:
-        baseline=f"{RESULTS}/{{exp}}/eval/baseline.json",
-        ggn=f"{RESULTS}/{{exp}}/eval/ggn.json",
-        pa=f"{RESULTS}/{{exp}}/pa/metrics.json",
+        unpack(row_inputs),
     output:
         row=f"{RESULTS}/{{exp}}/row.json",
     params:
+        metrics=lambda wildcards, input: " ".join(f"--{v} {input[v]}" for v in ("baseline", "ggn") if v in input.keys()),
         flags=row_flags,
     conda:
         "../envs/ggn.yaml"
@@ -37,7 +36,7 @@ rule row:
         mem_mb=job_resource("row", "mem_mb"),
         runtime=job_resource("row", "runtime"),
     shell:
-        "ggn table row --baseline {input.baseline} --ggn {input.ggn} --pa {input.pa} --out {output.row}"
+        "ggn table row {params.metrics} --pa {input.pa} --out {output.row}"
         " {params.flags} > {log} 2>&1"
 
 
