@@ -1,13 +1,14 @@
 """Training killed mid-epoch after a time-based checkpoint resumes to exactly the uninterrupted result.
 
-The kill is real (SIGKILL of a `ggn` process) and lands at a known point without any timing: one training
-image is replaced by a FIFO, so the process blocks for good when its batch is loaded, after the batches before
-it were trained and checkpointed (`--checkpoint-minutes` tiny: a checkpoint after every batch).
+The kill is real (SIGKILL of a `ggn` process group) and lands at a known point without any timing: one
+training image is replaced by a FIFO, so the run blocks for good when its batch is loaded, after the batches
+before it were trained and checkpointed (`--checkpoint-minutes` tiny: a checkpoint after every batch). With 2
+processes (gloo) the other rank waits for it in the gradient all-reduce.
 """
 from __future__ import annotations
 
-import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,37 +18,44 @@ import pytest
 import torch
 
 from conftest import make_tiny_coco
-from ggn.cli import main as ggn_main
 from ggn.coco_data import CocoInstances
 from ggn.io import load_checkpoint
 
 BIN = Path(sys.executable).parent
-BATCH = 2
-BLOCKED_BATCH = 2  # the FIFO image is in the epoch's third batch: two batches are trained before the kill
+BLOCKED_BATCH = 2  # the FIFO image is in the epoch's third (last) batch: two are trained before the kill
 
 DETECTOR = ["--backbone", "resnet18", "--fpn-channels", "16", "--representation-size", "32", "--mask-channels", "16",
             "--min-size", "64", "--max-size", "64", "--anchor-sizes", "8", "16", "32", "64", "128",
             "--rpn-pre-nms-top-n-train", "200", "--rpn-post-nms-top-n-train", "100",
-            "--box-batch-size-per-image", "64", "--batch-size", str(BATCH), "--workers", "0", "--threads", "1",
-            "--warmup-iters", "2", "--lr", "0.01", "--epochs", "2"]
+            "--box-batch-size-per-image", "64", "--workers", "0", "--threads", "1", "--warmup-iters", "2",
+            "--lr", "0.01", "--epochs", "2"]
 PA = ["--backbone", "resnet18", "--fpn-dim", "16", "--ppm-dim", "16", "--input-size", "48", "--flip",
-      "--batch-size", str(BATCH), "--workers", "0", "--threads", "1", "--warmup-iters", "2", "--lr", "0.01",
-      "--epochs", "2"]
+      "--workers", "0", "--threads", "1", "--warmup-iters", "2", "--lr", "0.01", "--epochs", "2"]
 
 pytestmark = pytest.mark.slow
 
 
-def _pa_order(num_images: int, seed: int, epoch: int) -> list[int]:
-    """ggn train-pa's order of one process: torch's DistributedSampler for 1 replica, seeded (seed, epoch)."""
-    sampler = torch.utils.data.DistributedSampler(range(num_images), num_replicas=1, rank=0, shuffle=True, seed=seed)
-    sampler.set_epoch(epoch)
+def _first_epoch_order(step: str, num_images: int, processes: int) -> list[int]:
+    """Dataset indices in the order rank 0 visits them in the first epoch (seed 0): torch's DistributedSampler
+    as both trainers use it, or, for one detector process, ggn.detector.train.epoch_order."""
+    if step == "train-detector" and processes == 1:
+        from ggn.detector.train import epoch_order
+
+        return epoch_order(num_images, 0, 0)
+    sampler = torch.utils.data.DistributedSampler(range(num_images), num_replicas=processes, rank=0, shuffle=True,
+                                                  seed=0, drop_last=step == "train-detector")
+    sampler.set_epoch(0)
     return list(sampler)
 
 
-def _detector_order(num_images: int, seed: int, epoch: int) -> list[int]:
-    from ggn.detector.train import epoch_order
+def _ggn(args: list[str]) -> str:
+    proc = subprocess.run([str(BIN / "ggn"), *args], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
 
-    return epoch_order(num_images, seed, epoch)
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def _kill_when_blocked(cmd: list[str], mid_epoch: Path, blocked: Path, log: Path) -> None:
@@ -56,9 +64,8 @@ def _kill_when_blocked(cmd: list[str], mid_epoch: Path, blocked: Path, log: Path
     original = blocked.read_bytes()
     blocked.unlink()
     os.mkfifo(blocked)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    with open(log, "w") as out:  # its own process group: torchrun and its workers are killed together
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
     try:
         deadline = time.monotonic() + 600  # a hang guard only; the run blocks within seconds
         while True:
@@ -69,36 +76,37 @@ def _kill_when_blocked(cmd: list[str], mid_epoch: Path, blocked: Path, log: Path
             assert time.monotonic() < deadline, f"no mid-epoch checkpoint of {BLOCKED_BATCH} batches:\n{log.read_text()}"
             time.sleep(0.1)
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         blocked.unlink()
         blocked.write_bytes(original)
 
 
-@pytest.mark.parametrize("step", ["train-detector", "train-pa"])
-def test_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, step, caplog):
+@pytest.mark.parametrize("step, processes", [("train-detector", 1), ("train-pa", 1), ("train-detector", 2)])
+def test_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, step, processes):
     ann, images = make_tiny_coco(tmp_path / "data", num_images=6)
-    flags = DETECTOR if step == "train-detector" else PA
-    order = (_detector_order if step == "train-detector" else _pa_order)(6, 0, 0)
+    batch = 2 if processes == 1 else 1  # 3 batches per epoch and process
+    flags = [*(DETECTOR if step == "train-detector" else PA), "--batch-size", str(batch), "--gpus", str(processes)]
+    order = _first_epoch_order(step, 6, processes)
     ids = CocoInstances(ann, images).ids  # dataset index -> image id, as both trainers index them
     common = [step, "--train-json", str(ann), "--images", str(images), *flags]
 
     straight = tmp_path / "straight" / "checkpoint.pt"
-    assert ggn_main([*common, "--out", str(straight), "--checkpoint-minutes", "0"]) == 0
+    _ggn([*common, "--out", str(straight), "--checkpoint-minutes", "0"])
 
     resumed = tmp_path / "resumed" / "checkpoint.pt"
-    blocked = images / f"{ids[order[BLOCKED_BATCH * BATCH]]:06d}.png"
+    blocked = images / f"{ids[order[BLOCKED_BATCH * batch]]:06d}.png"
     mid_epoch = resumed.parent / "epochs" / "mid_epoch.pt"
     _kill_when_blocked([str(BIN / "ggn"), *common, "--out", str(resumed), "--checkpoint-minutes", "1e-9"],
                        mid_epoch, blocked, tmp_path / "killed.log")
     assert not resumed.exists() and not list(mid_epoch.parent.glob("epoch_*.pt"))  # killed within epoch 1
     state = load_checkpoint(mid_epoch)
     assert state["epoch"] == 0 and state["batches_done"] == BLOCKED_BATCH and state["optimizer"]["state"]
+    assert len(state["rng_per_rank"]) == processes
 
     # the same command again (default interval) continues after the two trained batches
-    with caplog.at_level(logging.INFO):
-        assert ggn_main([*common, "--out", str(resumed)]) == 0
-    assert f"in epoch 1 after its first {BLOCKED_BATCH} of 3 batches" in caplog.text
+    out = _ggn([*common, "--out", str(resumed)])
+    assert f"in epoch 1 after its first {BLOCKED_BATCH} of 3 batches" in out, out
     a, b = load_checkpoint(straight)["model"], load_checkpoint(resumed)["model"]
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
