@@ -19,6 +19,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "eval-pa": ("ggn.pa.evaluate", "affinity BCE/L1 and boundary precision/recall on held-out images"),
     "extract": ("ggn.extract", "PA network + grouping + ranking on one shard of images -> parquet"),
     "rank-oln": ("ggn.rank_oln", "Pseudo-OLN: re-rank a shard's candidates with an OLN detector (GGN-OLN row)"),
+    "eval-pseudo": ("ggn.eval_pseudo", "recall of unseen objects among the candidates, their AR, pseudo-GT precision"),
     "merge": ("ggn.merge", "gather extraction shards into pseudo-GT (COCO JSON and per-image parquet store)"),
     "train-detector": ("ggn.detector.train", "train the class-agnostic Mask R-CNN / OLN detector"),
     "predict": ("ggn.detector.predict", "detections on evaluation images (COCO results JSON)"),
