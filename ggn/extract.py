@@ -291,18 +291,29 @@ def _read(image_root: Path, info: dict) -> np.ndarray | str:
     return image
 
 
-def extract_shard(checkpoint: str | os.PathLike, annotations: str | os.PathLike, images: str | os.PathLike,
-                  shard: int, num_shards: int, out: str | os.PathLike, *, input_size: int | None = None,
+def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.PathLike, images: str | os.PathLike,
+                  shard: int, num_shards: int, out: str | os.PathLike, *, affinity: str = "network",
+                  input_size: int | None = None,
                   batch_size: int = 8, flush_every: int = 64, device: str = "auto", top_k: int = 20,
                   propose_params: dict | None = None, grouping: str = "paper", max_images: int | None = None,
                   no_gt: bool = False, workers: int = 0, after_flush: Callable[[Path], None] | None = None) -> dict:
     """Run one shard to completion (resuming if a parts folder exists) and return its summary.
 
     `after_flush(part_path)` is called after every flushed part (tests use it to simulate a kill).
+    `affinity="gradient"` groups the image-gradient affinity of ggn.control instead of the PA network's (the
+    no-learning control; no checkpoint).
     """
     from tqdm import tqdm
 
-    out, images, checkpoint = Path(out), Path(images), Path(checkpoint)
+    from ggn.control import AFFINITIES
+
+    if affinity not in AFFINITIES:
+        raise InputError(f"--affinity {affinity!r}: choose one of {', '.join(AFFINITIES)}")
+    if affinity == "network" and checkpoint is None:
+        raise InputError("--checkpoint is required with --affinity network (the PA network's affinity); "
+                         "--affinity gradient needs none")
+    out, images = Path(out), Path(images)
+    checkpoint = Path(checkpoint) if affinity == "network" else None
     propose_params = dict(propose_params or {})
     if batch_size < 1 or flush_every < 1 or top_k < 0:
         raise InputError("--batch-size and --flush-every must be >= 1, --top-k >= 0 (0: every candidate)")
@@ -323,16 +334,16 @@ def extract_shard(checkpoint: str | os.PathLike, annotations: str | os.PathLike,
         return json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if not images.is_dir():
         raise InputError(f"image folder {images} does not exist; check --images")
-    if not checkpoint.is_file():
+    if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"PA checkpoint {checkpoint} does not exist; run `ggn train-pa` or fix --checkpoint")
 
     coco, coco_sha = _load_coco(Path(annotations))
     ids = shard_image_ids((img["id"] for img in coco["images"]), shard, num_shards)
     if max_images is not None:
         ids = ids[:max_images]
-    settings = {"checkpoint": _sha256(checkpoint), "annotations": coco_sha, "shard": shard,
-                "num_shards": num_shards, "input_size": input_size, "top_k": top_k,
-                "propose_params": propose_params, "max_images": max_images, "no_gt": no_gt}
+    settings = {"checkpoint": _sha256(checkpoint) if checkpoint is not None else affinity,
+                "annotations": coco_sha, "shard": shard, "num_shards": num_shards, "input_size": input_size,
+                "top_k": top_k, "propose_params": propose_params, "max_images": max_images, "no_gt": no_gt}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     parts = ShardParts(out, fingerprint)
     todo = [i for i in ids if i not in parts.done]
@@ -359,8 +370,9 @@ def extract_shard(checkpoint: str | os.PathLike, annotations: str | os.PathLike,
         "skipped": {str(k): v for k, v in sorted(parts.skipped.items())},
         "candidates_written": parts.candidates, "seconds": round(parts.seconds, 3),
         "seconds_per_image": round(parts.seconds / max(len(ids), 1), 4),
-        "checkpoint": str(checkpoint), "annotations": str(annotations), "input_size": input_size,
-        "top_k": top_k, "propose_params": propose_params, "gt_iou": "null" if not gt.available else "computed",
+        "checkpoint": None if checkpoint is None else str(checkpoint), "affinity": affinity,
+        "annotations": str(annotations), "input_size": input_size, "top_k": top_k, "propose_params": propose_params,
+        "gt_iou": "null" if not gt.available else "computed",
         "out": str(out),
     }
     # Summary before the rename: a kill in between only makes the next run finalize (and write it) again.
@@ -374,7 +386,7 @@ def extract_shard(checkpoint: str | os.PathLike, annotations: str | os.PathLike,
     return summary
 
 
-def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: Path, parts: ShardParts, *,
+def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: Path | None, parts: ShardParts, *,
                 input_size: int | None, batch_size: int, flush_every: int, device: str, top_k: int,
                 params: dict, workers: int, after_flush, progress) -> None:
     import multiprocessing
@@ -383,10 +395,23 @@ def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: 
     from ggn.io import pick_device
     from ggn.pa.model import inference_size, load_pa_model, predict_affinity
 
-    dev = pick_device(device)
-    model, config = load_pa_model(checkpoint, dev)
-    log.info("PA model from %s on %s, input size %s, %d grouping workers",
-             checkpoint, dev, inference_size(config, input_size) or "native", workers)
+    if checkpoint is None:  # the no-learning control: affinity from the image gradient
+        from ggn.control import gradient_affinity
+
+        def affinities_of(batch: list[np.ndarray]) -> list[np.ndarray]:
+            return [gradient_affinity(im, input_size) for im in batch]
+
+        log.info("image-gradient affinity (no network), input size %s, %d grouping workers",
+                 input_size or "native", workers)
+    else:
+        dev = pick_device(device)
+        model, config = load_pa_model(checkpoint, dev)
+        log.info("PA model from %s on %s, input size %s, %d grouping workers",
+                 checkpoint, dev, inference_size(config, input_size) or "native", workers)
+
+        def affinities_of(batch: list[np.ndarray]) -> list[np.ndarray]:
+            return predict_affinity(model, batch, config, dev, input_size=input_size, batch_size=batch_size)
+
     # Grouping is CPU work: a process pool lets it run beside the GPU's next batch.
     pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             if workers > 0 else None)
@@ -414,8 +439,7 @@ def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: 
                         log.warning("skipping image %d: %s", i, im)
                 if not good:
                     continue
-                affinities = predict_affinity(model, [im for _, im in good], config, dev, input_size=input_size,
-                                              batch_size=batch_size)
+                affinities = affinities_of([im for _, im in good])
                 for (i, im), aff in zip(good, affinities):
                     job = (i, np.ascontiguousarray(aff, dtype=np.float32), im.shape[0], im.shape[1],
                            gt.for_image(i), top_k or None, params)
@@ -468,7 +492,10 @@ def parse_propose_params(items: list[str] | None) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="PA checkpoint (from `ggn train-pa`)")
+    parser.add_argument("--checkpoint", help="PA checkpoint (from `ggn train-pa`); required with --affinity network")
+    parser.add_argument("--affinity", choices=("network", "gradient"), default="network",
+                        help="network: the PA checkpoint's predicted affinity; gradient: one minus the image's colour "
+                             "gradient magnitude (no learning: the `control` variant's pseudo-GT)")
     parser.add_argument("--annotations", required=True,
                         help="COCO file listing the images (its seen-class annotations give gt_iou; "
                              "a file with 'images' only gives null gt_iou)")
@@ -501,7 +528,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     extract_shard(args.checkpoint, args.annotations, args.images, args.shard, args.num_shards, args.out,
-                  input_size=args.input_size, batch_size=args.batch_size, flush_every=args.flush_every,
+                  affinity=args.affinity, input_size=args.input_size, batch_size=args.batch_size, flush_every=args.flush_every,
                   device=args.device, top_k=args.top_k, propose_params=parse_propose_params(args.propose_params),
                   grouping=args.grouping,
                   max_images=args.max_images, no_gt=args.no_gt, workers=args.workers)
