@@ -5,7 +5,11 @@ import argparse
 import importlib
 import sys
 
-from ggn.io import setup_logging
+from ggn.images import ImageError
+from ggn.io import InputError, check_writable, setup_logging
+
+# Output options of the steps, checked for a writable folder before a step starts its work.
+OUTPUT_OPTIONS = ("out", "train_out", "eval_out", "mining_out", "csv", "md", "counts", "store")
 
 # step name -> (module implementing `add_arguments(parser)` and `run(args)`, one-line help).
 # Modules are imported only for the step that runs, so `ggn --help` stays fast.
@@ -62,7 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     args._argv = rest  # the step's own arguments, for steps that relaunch themselves as several processes
     setup_logging(verbose or args.verbose)
-    result = module.run(args)
+    for name in OUTPUT_OPTIONS:
+        if getattr(args, name, None):
+            check_writable(getattr(args, name), f"--{name.replace('_', '-')}")
+    try:
+        result = module.run(args)
+    except ImageError as e:  # an image that broke after the up-front checks (a training step): no traceback
+        message = str(e).strip().splitlines()[-1]  # a DataLoader worker re-raises it with its traceback inside
+        raise InputError(f"{message.removeprefix('ggn.images.ImageError: ')}; fix or remove that image, then run "
+                         "the same command again (training resumes from its last checkpoint)") from None
     return int(result or 0)
 
 

@@ -8,18 +8,12 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from PIL import Image
-
-from ggn.io import InputError, read_json
+from ggn.annotations import load_coco
+from ggn.images import ImageError, check_image, image_path, load_image, read_image  # noqa: F401 (read_image: re-export)
+from ggn.io import InputError
 from ggn.masks import ann_to_mask
 
 log = logging.getLogger(__name__)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 [H,W,3]; raises OSError/ValueError on unreadable files (callers decide skip vs fail)."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy needs one
 
 
 def index_annotations(annotations: Iterable[dict]) -> dict[int, list[dict]]:
@@ -44,9 +38,7 @@ class CocoInstances(torch.utils.data.Dataset):
         training on pseudo-GT alone, e.g. ImageNet images listed by `ggn list-images`."""
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
-        coco = read_json(self.ann_file, "annotation file")
-        if not isinstance(coco, dict) or "images" not in coco or (with_annotations and "annotations" not in coco):
-            raise InputError(f"{self.ann_file} lacks 'images' or 'annotations': it is not a COCO instances file")
+        coco, _ = load_coco(self.ann_file, "annotation file", annotations=with_annotations, categories=False)
         self.images = {img["id"]: img for img in coco["images"]}
         self.anns = index_annotations(coco["annotations"] if with_annotations else [])
         if extra_annotations is not None:
@@ -60,12 +52,36 @@ class CocoInstances(torch.utils.data.Dataset):
         return len(self.ids)
 
     def image_path(self, image_id: int) -> Path:
-        return self.image_root / self.images[image_id]["file_name"]
+        return image_path(self.image_root, self.images[image_id]["file_name"])
+
+    def verify_images(self, workers: int = 8) -> None:
+        """Check every used image's header (exists, decodes to its end, has the annotation's size) before any
+        training step; refuse with the list of those that fail. A training run does not skip images: which
+        ones it learns from would then depend on when a file broke (see docs/bad_inputs.md)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        infos = [self.images[i] for i in self.ids]
+        for info in infos:
+            image_path(self.image_root, info["file_name"])  # names leaving the folder: refused at once
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            problems = [p for p in tqdm(pool.map(lambda info: check_image(self.image_root, info), infos),
+                                        total=len(infos), desc="check images", unit="img", dynamic_ncols=True,
+                                        mininterval=2) if p]
+        if problems:
+            for p in problems:
+                log.error("unusable image: %s", p)
+            shown = "; ".join(problems[:5]) + (f"; ... ({len(problems) - 5} more in the log)" if len(problems) > 5 else "")
+            raise InputError(f"{len(problems)} of the {len(infos)} images of {self.ann_file} cannot be trained on: "
+                             f"{shown}. Fix the files or their width/height, or remove those images from "
+                             f"{self.ann_file}")
+        log.info("checked %d images of %s: all readable and of their annotated size", len(infos), self.ann_file)
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
         info = self.images[image_id]
-        image = read_image(self.image_path(image_id))
+        image = load_image(self.image_root, info)
         h, w = image.shape[:2]
         masks, crowd = [], []
         for ann in self.anns.get(image_id, []):

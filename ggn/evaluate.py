@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ggn.annotations import log_counts, validate_coco
 from ggn.io import InputError, atomic_write_json, read_json
 from ggn.masks import ann_to_rle
 from ggn.split import count_unusable_ids
@@ -56,8 +58,11 @@ def _prepare_gt(data: dict, source: str,
                 need_segm: bool) -> tuple[list[dict], dict[int, list[dict]], dict[int, dict]]:
     """Class-agnostic copies of the ground truth, per image in pycocotools' useCats=0 order."""
     for key in ("images", "annotations"):
-        if key not in data:
+        if not isinstance(data, dict) or key not in data:
             raise InputError(f"{source} has no '{key}' list; is it a COCO annotation file?")
+    if need_segm:  # masks: the annotation validator (polygons, RLE, boxes taken from masks); a box-only file
+        data, counts = validate_coco(data, source, categories=False, renumber=False)  # is fine for bbox alone
+        log_counts(source, counts)
     images = {}
     for img in data["images"]:
         try:
@@ -103,13 +108,17 @@ def _prepare_detections(dets: list, images: dict[int, dict], iou_types) -> dict[
     """Detections grouped per image in file order, made class-agnostic (category 1) in place."""
     per_image: dict[int, list[dict]] = defaultdict(list)
     need_segm = "segm" in iou_types
-    missing_images = 0
+    missing_images = non_finite = 0
     for d in dets:
         try:
             image_id = d["image_id"]
-            d["score"]
-        except (KeyError, TypeError):
-            raise InputError(f"detection {d!r:.200} needs 'image_id' and 'score' (COCO results format)") from None
+            score = float(d["score"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"detection {d!r:.200} needs 'image_id' and a numeric 'score' (COCO results "
+                             "format)") from None
+        if not math.isfinite(score):
+            non_finite += 1
+            continue
         if image_id not in images:
             missing_images += 1
             continue
@@ -123,9 +132,12 @@ def _prepare_detections(dets: list, images: dict[int, dict], iou_types) -> dict[
             d["bbox"] = mask_utils.toBbox(ann_to_rle(d["segmentation"], img["height"], img["width"])).tolist()
         d["category_id"] = 1
         per_image[image_id].append(d)
+    if non_finite:
+        raise InputError(f"{non_finite} of {len(dets)} detections have a NaN or infinite score: the detector "
+                         "diverged or the file is damaged; retrain (or predict again) rather than rank them")
     if missing_images:
-        raise InputError(f"{missing_images} detections refer to images that are not in the ground truth; "
-                         "are the detections and --gt from the same evaluation set?")
+        raise InputError(f"{missing_images} of {len(dets)} detections refer to images that are not in the ground "
+                         "truth: the detections were made for another evaluation set; predict on --gt's images")
     return per_image
 
 

@@ -257,6 +257,9 @@ def _sha256(path: Path) -> str:
 
 
 def _load_coco(path: Path) -> tuple[dict, str]:
+    """The validated file (ggn.annotations: images required, annotations optional) and its content's hash."""
+    from ggn.annotations import log_counts, validate_coco
+
     if not path.is_file():
         raise InputError(f"annotation file {path} does not exist; check --annotations")
     data = path.read_bytes()
@@ -264,31 +267,19 @@ def _load_coco(path: Path) -> tuple[dict, str]:
         coco = json.loads(data)
     except json.JSONDecodeError as e:
         raise InputError(f"annotation file {path} is not valid JSON ({e}); regenerate or fix it") from None
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise InputError(f"annotation file {path} has no 'images' list; it must be a COCO file "
-                         "(an image list without 'annotations' is fine)")
-    for img in coco["images"]:
-        for key in ("id", "file_name", "height", "width"):
-            if key not in img:
-                raise InputError(f"an entry of 'images' in {path} lacks '{key}': {img!r:.200}")
+    coco, counts = validate_coco(coco, path, annotations=False, categories=False)
+    log_counts(path, counts)
     return coco, hashlib.sha256(data).hexdigest()
 
 
 def _read(image_root: Path, info: dict) -> np.ndarray | str:
-    """The RGB image, or the reason it cannot be used (the caller skips it)."""
-    from ggn.coco_data import read_image
+    """The RGB image, or the reason it cannot be used (the caller skips and counts it)."""
+    from ggn.images import ImageError, load_image
 
-    path = image_root / info["file_name"]
     try:
-        image = read_image(path)
-    except Exception as e:  # PIL raises many types for missing, truncated or garbage files
-        return f"unreadable image {path}: {type(e).__name__}: {e}"
-    if not image.flags.writeable:  # PIL's buffer is read-only; torch.from_numpy warns about those
-        image = image.copy()
-    if image.shape[:2] != (int(info["height"]), int(info["width"])):
-        return (f"image {path} is {image.shape[1]}x{image.shape[0]} but the annotation file says "
-                f"{info['width']}x{info['height']}")
-    return image
+        return load_image(image_root, info)
+    except ImageError as e:
+        return str(e)
 
 
 def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.PathLike, images: str | os.PathLike,

@@ -53,6 +53,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
         raise
 
 
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Refuse, before any work, an output whose folder cannot be written (permissions, a read-only file system,
+    a file where a folder should be): the folder, or its nearest existing ancestor, gets a probe file."""
+    target = Path(path).absolute().parent
+    folder = target
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{what} {path}: {folder} is a file, not a folder; choose another output path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ggn-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{what} {path}: cannot write in {folder} ({e.strerror or e}); choose a writable folder "
+                         "or fix its permissions") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
@@ -110,17 +128,55 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True: tensors and plain values only, never pickled code."""
+CHECKPOINT_KINDS = {"pa": "a PA checkpoint (the --out of `ggn train-pa`)",
+                    "detector": "a detector checkpoint (the --out of `ggn train-detector`)"}
+
+
+def checkpoint_kind(ckpt: Any) -> tuple[str | None, str]:
+    """(kind, words) of what a loaded checkpoint holds: kind "pa", "detector", "weights" (a bare state dict such
+    as torchvision's ImageNet ResNet), "state" (a training run's resumable state) or None (unrecognised)."""
+    if not isinstance(ckpt, dict):
+        return None, f"a {type(ckpt).__name__}, not a checkpoint dict"
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    if "offsets" in config:
+        kind, words = "pa", f"a PA network ({config.get('backbone', '?')})"
+    elif "kind" in config or "anchor_sizes" in config:
+        name = {"oln": "OLN", "maskrcnn": "Mask R-CNN"}.get(config.get("kind", "maskrcnn"), config.get("kind"))
+        kind, words = "detector", f"a {name} detector ({config.get('backbone', '?')})"
+    elif ckpt and all(isinstance(k, str) for k in ckpt) and any(k.startswith(("layer1.", "conv1.")) for k in ckpt):
+        return "weights", "bare ResNet weights (a backbone state dict such as torchvision's ImageNet file)"
+    else:
+        return None, f"no network this pipeline writes (its keys: {', '.join(map(str, list(ckpt)[:6]))})"
+    if "optimizer" in ckpt and "epoch" in ckpt:
+        return "state", f"the resumable training state of {words}, epoch {ckpt['epoch']}"
+    if not isinstance(ckpt.get("model"), dict):
+        return None, f"the config of {words} without its 'model' tensors"
+    return kind, words
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", expect: str | None = None) -> dict:
+    """Load a checkpoint with weights_only=True: tensors and plain values only, never pickled code.
+
+    `expect` ("pa" or "detector"): refuse, naming what the file holds, a checkpoint of another network, a
+    training state, bare weights or a file this pipeline did not write."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist; train it first or fix the path")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise InputError(f"cannot load checkpoint {path} with weights_only=True: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"checkpoint {path} cannot be read with torch.load(weights_only=True): it is truncated, "
+                         f"damaged or not a PyTorch file ({type(e).__name__}: {first:.300}); copy or train it "
+                         "again") from None
+    if expect is not None:
+        kind, words = checkpoint_kind(ckpt)
+        if kind != expect:
+            raise InputError(f"checkpoint {path} holds {words}, but this step needs {CHECKPOINT_KINDS[expect]}; "
+                             "pass the right file")
+    return ckpt
 
 
 # Options that change how a training runs, not what it computes: a resumed run may differ in them.

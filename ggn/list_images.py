@@ -12,9 +12,9 @@ for byte. The file has no "annotations" key on purpose: `ggn extract` then recor
 truth known) rather than 0.0 (ground truth known, nothing overlaps), as COCO's own image-info files do.
 
 Sizes come from the image headers (PIL opens a file without decoding it). `height`/`width` are the shape of
-the array `ggn.coco_data.read_image` returns, which is what `ggn extract` checks them against: that reader
-does not apply the EXIF orientation tag (PIL never does on its own), so neither does this list; images whose
-tag asks for a rotation are counted in the summary. A file is skipped, logged and listed with its reason in
+the array `ggn.images.read_image` returns, which is what `ggn extract` checks them against: that reader
+applies the EXIF orientation tag, so a photo tagged "rotate 90" is listed with its height and width exchanged;
+images whose tag asks for such a rotation are counted in the summary. A file is skipped, logged and listed with its reason in
 the summary when it is empty, its header is unreadable or gives no pixels, or it is truncated: a JPEG without
 its end-of-image marker or a PNG without its IEND chunk is decoded to tell trailing bytes (kept) from a cut
 file (skipped); so are BMPs (no such marker) and WebPs whose RIFF size disagrees with the file's.
@@ -39,20 +39,18 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
+from ggn import images as _images
+from ggn.images import EXIF_ORIENTATION, SWAPS_AXES  # noqa: F401 (used by the tests)
 from ggn.io import InputError, atomic_open, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-FORMAT_VERSION = 1  # of the part files; bump when what a part holds for the same files changes
+FORMAT_VERSION = 2  # of the part files; bump when what a part holds for the same files changes (2: EXIF applied)
 
-# Whether ggn.coco_data.read_image rotates images by their EXIF orientation tag. It does not (np.array of
-# Image.open(...).convert("RGB")), so sizes are the stored ones; tests/test_list_images.py checks the two agree.
-READER_APPLIES_EXIF_ORIENTATION = False
-EXIF_ORIENTATION = 0x0112
-SWAPS_AXES = (5, 6, 7, 8)  # transpose, 270, transverse, 90 degrees: height and width exchange
-
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# Whether ggn.images.read_image rotates images by their EXIF orientation tag. It does (as labelme, CVAT and
+# detectron2 do), so sizes are the displayed ones; tests/test_list_images.py checks the two agree.
+READER_APPLIES_EXIF_ORIENTATION = True
 
 
 def parts_dir_for(out: Path) -> Path:
@@ -126,57 +124,14 @@ def find_images(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], dic
 # One file (runs in the worker processes)
 
 
-def _orientation(im) -> int:
-    raw = im.info.get("exif")  # JPEG and WebP keep it from the header; nothing is decoded to find it
-    if not raw:
-        return 1
-    from PIL import Image
-
-    try:
-        exif = Image.Exif()
-        exif.load(raw)
-        return int(exif.get(EXIF_ORIENTATION, 1) or 1)
-    except Exception:  # a malformed EXIF block does not stop read_image, so it does not stop the list either
-        return 1
-
-
-def _complete(f, fmt: str | None, size: int) -> bool:
-    """True when the file visibly ends where its format ends; False means: decode it to find out."""
-    if fmt in ("JPEG", "MPO"):
-        f.seek(size - 2)
-        return f.read(2) == b"\xff\xd9"
-    if fmt == "PNG":
-        f.seek(max(size - len(PNG_END), 0))
-        return f.read(len(PNG_END)) == PNG_END
-    if fmt == "WEBP":
-        f.seek(4)
-        return int.from_bytes(f.read(4), "little") + 8 == size
-    return False
-
-
 def read_header(path: str) -> tuple[int, int, int] | str:
-    """(height, width, EXIF orientation) of the image as read_image will return it, or why it is unusable."""
-    from PIL import Image
-
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                return "empty file (0 bytes)"
-            with Image.open(f) as im:
-                width, height = im.size
-                if width <= 0 or height <= 0:
-                    return f"header says {width}x{height} pixels"
-                orientation = _orientation(im)
-                if not _complete(f, im.format, size):
-                    im.load()  # raises on a cut file; a file with trailing bytes decodes and is kept
-    except Image.UnidentifiedImageError:
-        return "not an image format PIL can read (garbage, or another kind of file)"
-    except Exception as e:  # PIL raises many types for damaged or truncated files
-        return f"{type(e).__name__}: {e}"
-    if READER_APPLIES_EXIF_ORIENTATION and orientation in SWAPS_AXES:
-        height, width = width, height
-    return height, width, orientation
+    """(height, width, EXIF orientation) of the image as read_image will return it, or why it is unusable
+    (ggn.images.read_header: header only, a file without its end marker decoded to tell a cut file)."""
+    result = _images.read_header(path)
+    if isinstance(result, str) or READER_APPLIES_EXIF_ORIENTATION or result[2] not in SWAPS_AXES:
+        return result
+    height, width, orientation = result
+    return width, height, orientation
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -294,7 +249,7 @@ def list_images(root: str | os.PathLike, out: str | os.PathLike, *,
     atomic_write_json(summary_path_for(out), summary, indent=2)
     if not keep_parts:
         shutil.rmtree(parts_dir, ignore_errors=True)
-    log.info("wrote %s: %d images, %d skipped (reasons in %s), %d with an EXIF rotation (listed as stored, as "
+    log.info("wrote %s: %d images, %d skipped (reasons in %s), %d with an EXIF rotation (listed rotated, as "
              "read_image reads them); %d hidden and %d other files ignored", out, summary["images"],
              summary["skipped"], summary_path_for(out), summary["exif_rotated"], ignored["hidden"],
              ignored["other_extensions"])

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ggn.annotations import validate_coco
 from ggn.extract import SHARD_SCHEMA
 from ggn.io import InputError, atomic_open, atomic_write_json, read_json
 
@@ -311,9 +312,9 @@ def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike
     if top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {top_k}")
     coco = read_json(annotations, "annotation file")
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise InputError(f"annotation file {annotations} has no 'images' list; pass the training COCO file")
-    images = coco["images"]
+    if isinstance(coco, dict):  # only the image list matters here
+        coco = {k: v for k, v in coco.items() if k != "annotations"}
+    images = validate_coco(coco, annotations, annotations=False, categories=False)[0]["images"]
     del coco
     known_ids = np.unique(np.array([int(img["id"]) for img in images], dtype=np.int64))
     shard_paths = [Path(s) for s in shards]

@@ -5,30 +5,13 @@ import argparse
 import logging
 from pathlib import Path
 
+from ggn.annotations import log_counts, validate_coco
 from ggn.classes import class_names
 from ggn.io import InputError, atomic_write_json, read_json
 
 log = logging.getLogger("ggn.split")
 
 OBJECT_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
-
-
-def _check_coco(data: dict, path: str) -> None:
-    if not isinstance(data, dict):
-        raise InputError(f"{path} is not a COCO annotation file (expected a JSON object)")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise InputError(f"{path} has no '{key}' list; is it a COCO instances file?")
-    for c in data["categories"]:
-        if "id" not in c or "name" not in c:
-            raise InputError(f"{path}: category {c!r:.200} needs 'id' and 'name'")
-    for img in data["images"]:
-        if "id" not in img:
-            raise InputError(f"{path}: image {img!r:.200} has no 'id'")
-    for a in data["annotations"]:
-        for key in ("image_id", "category_id"):
-            if key not in a:
-                raise InputError(f"{path}: annotation {a.get('id', '?')} has no '{key}'")
 
 
 def count_unusable_ids(annotations: list[dict]) -> int:
@@ -43,7 +26,7 @@ def count_unusable_ids(annotations: list[dict]) -> int:
     return bad
 
 
-def renumber_ids(annotations: list[dict], what: str) -> int:
+def renumber_ids(annotations: list[dict], what: str, quiet: bool = False) -> int:
     """Give every annotation a fresh id from 1 when any id is 0, missing or duplicated.
 
     COCOeval stores the matched annotation id as the match marker (0 = unmatched), so such ids
@@ -53,17 +36,21 @@ def renumber_ids(annotations: list[dict], what: str) -> int:
     if bad:
         for n, a in enumerate(annotations, start=1):
             a["id"] = n
+    if bad and not quiet:
         log.warning("%s: %d annotation ids were 0, missing or duplicated; renumbered all %d from 1",
                     what, bad, len(annotations))
     return bad
 
 
-def make_train(data: dict, seen_ids: set[int]) -> tuple[dict, dict]:
-    """Seen-class annotations only, as one class `object`; images without a seen object dropped."""
+def make_train(data: dict, seen_ids: set[int], keep_all_images: bool = False) -> tuple[dict, dict]:
+    """Seen-class annotations only, as one class `object`; images without a seen object dropped (kept with
+    `keep_all_images`: the images pseudo-GT is mined from when no detector is trained)."""
     objects_per_image: dict = {}
     for a in data["annotations"]:
         if a["category_id"] in seen_ids and not a.get("iscrowd", 0):
             objects_per_image[a["image_id"]] = objects_per_image.get(a["image_id"], 0) + 1
+    if keep_all_images:
+        objects_per_image.update({img["id"]: objects_per_image.get(img["id"], 0) for img in data["images"]})
     images = [img for img in data["images"] if img["id"] in objects_per_image]
     anns, crowd, unseen_dropped = [], 0, 0
     for a in data["annotations"]:
@@ -100,19 +87,36 @@ def make_eval(data: dict, seen_ids: set[int], unseen_ids: set[int]) -> tuple[dic
     return out, stats
 
 
-def split(train_src: dict, eval_src: dict, seen: str | list[str], unseen: str | list[str] | None = None,
+def split(train_src: dict, eval_src: dict | None, seen: str | list[str], unseen: str | list[str] | None = None,
           train_path: str = "train annotations", eval_path: str = "eval annotations",
-          eval_seen: str | list[str] | None = None,
-          eval_unseen: str | list[str] | None = None) -> tuple[dict, dict]:
+          eval_seen: str | list[str] | None = None, eval_unseen: str | list[str] | None = None,
+          allow_no_unseen: bool = False, keep_all_images: bool = False) -> tuple[dict, dict | None]:
     """(train.json, eval.json) contents for a class split; class specs as in ggn.classes.
 
     `seen` is resolved in the training file; the evaluation file uses `eval_seen` (default `seen`)
     and `eval_unseen` (default `unseen`, else every evaluation class not seen), by name, so the two
-    files may number (or even name) their categories differently.
+    files may number (or even name) their categories differently. Both files go through the annotation
+    validator (ggn.annotations) first. An evaluation set without any unseen-class object is refused (every
+    AR would be undefined) unless `allow_no_unseen`; `eval_src` None makes the training file only.
     """
-    _check_coco(train_src, train_path)
-    _check_coco(eval_src, eval_path)
+    train_src, counts = validate_coco(train_src, train_path, renumber=False)
+    log_counts(train_path, counts)
     seen_names = set(class_names(seen, train_src["categories"]))
+    seen_ids = {c["id"] for c in train_src["categories"] if c["name"] in seen_names}
+    log.info("seen classes for training (%d): %s", len(seen_names), _short(seen_names))
+    train, tstats = make_train(train_src, seen_ids, keep_all_images)
+    renumber_ids(train["annotations"], train_path)
+    log.info("train: %d images kept, %d without a seen object dropped; %d seen annotations (%d crowd); "
+             "%d annotations of other classes dropped", tstats["images"], tstats["images_dropped"],
+             tstats["annotations"], tstats["crowd"], tstats["other_class_dropped"])
+    if not train["annotations"]:
+        log.warning("train: no annotation of a seen class (%s) in %s: no PA network or detector can be trained "
+                    "on it; check `seen`", _short(seen_names), train_path)
+    if eval_src is None:
+        return train, None
+
+    eval_src, counts = validate_coco(eval_src, eval_path, renumber=False)
+    log_counts(eval_path, counts)
     eval_seen_names = set(class_names(seen if eval_seen is None else eval_seen, eval_src["categories"]))
     if eval_unseen is None:
         eval_unseen = unseen
@@ -124,27 +128,22 @@ def split(train_src: dict, eval_src: dict, seen: str | list[str], unseen: str | 
         if overlap:
             raise InputError(f"classes {', '.join(sorted(overlap))} are both seen and unseen in {eval_path}; "
                              "fix --seen/--unseen (or --eval-seen/--eval-unseen)")
-    seen_ids = {c["id"] for c in train_src["categories"] if c["name"] in seen_names}
     eval_seen_ids = {c["id"] for c in eval_src["categories"] if c["name"] in eval_seen_names}
     unseen_ids = {c["id"] for c in eval_src["categories"] if c["name"] in unseen_names}
-    log.info("seen classes for training (%d): %s", len(seen_names), _short(seen_names))
     log.info("seen classes in evaluation (%d): %s", len(eval_seen_names), _short(eval_seen_names))
     log.info("unseen classes in evaluation (%d): %s", len(unseen_names), _short(unseen_names))
-
-    train, tstats = make_train(train_src, seen_ids)
-    renumber_ids(train["annotations"], train_path)
     ev, estats = make_eval(eval_src, eval_seen_ids, unseen_ids)
     renumber_ids(ev["annotations"], eval_path)
-    log.info("train: %d images kept, %d without a seen object dropped; %d seen annotations (%d crowd); "
-             "%d annotations of other classes dropped", tstats["images"], tstats["images_dropped"],
-             tstats["annotations"], tstats["crowd"], tstats["other_class_dropped"])
     log.info("eval: %d images; %d seen (ignored_split 1), %d unseen (ignored_split 0); "
              "%d annotations of neither dropped", estats["images"], estats["seen"], estats["unseen"],
              estats["other_class_dropped"])
-    if not train["annotations"]:
-        log.warning("train: no annotation of a seen class in %s; check --seen", train_path)
     if not estats["unseen"]:
-        log.warning("eval: no annotation of an unseen class in %s; AR will be undefined", eval_path)
+        message = (f"no object of an unseen class in {eval_path} (unseen classes: {_short(unseen_names) or 'none'}): "
+                   "every AR would be undefined")
+        if not allow_no_unseen:
+            raise InputError(f"{message}; fix `seen`/`unseen` (or eval_seen/eval_unseen) so that some evaluated "
+                             "classes are unseen, or set `targets: pseudo` when only pseudo-GT is wanted")
+        log.warning(message)
     return train, ev
 
 
@@ -155,7 +154,8 @@ def _short(names: set[str], limit: int = 30) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-annotations", required=True, type=Path, help="source COCO file for training")
-    parser.add_argument("--eval-annotations", required=True, type=Path, help="source COCO file for evaluation")
+    parser.add_argument("--eval-annotations", type=Path, default=None,
+                        help="source COCO file for evaluation (needed with --eval-out)")
     parser.add_argument("--seen", required=True,
                         help="seen classes: a set (all, voc, nonvoc, person, nonperson, synthetic_seen, "
                              "synthetic_unseen, coco), comma-separated names, @file (one name per line), "
@@ -169,17 +169,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-unseen", default=None,
                         help="unseen classes of the evaluation file; unset: --unseen, else every "
                              "evaluation class not in --eval-seen")
-    parser.add_argument("--train-out", required=True, type=Path, help="train.json to write")
-    parser.add_argument("--eval-out", required=True, type=Path, help="eval.json to write")
+    parser.add_argument("--train-out", type=Path, default=None,
+                        help="train.json to write: seen-class objects, images without one dropped")
+    parser.add_argument("--eval-out", type=Path, default=None, help="eval.json to write")
+    parser.add_argument("--mining-out", type=Path, default=None,
+                        help="also write every training image, none dropped, with its seen-class objects: the "
+                             "images pseudo-GT is mined from when no detector is trained (`targets: pseudo`)")
+    parser.add_argument("--allow-no-unseen", action="store_true",
+                        help="accept an evaluation set without unseen-class objects (a warning, not an error)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.train_out is None and args.mining_out is None:
+        raise InputError("nothing to write: give --train-out and/or --mining-out")
+    if (args.eval_out is None) != (args.eval_annotations is None):
+        raise InputError("--eval-annotations and --eval-out go together")
     train_src = read_json(args.train_annotations, "training annotations")
-    eval_src = read_json(args.eval_annotations, "evaluation annotations")
+    eval_src = read_json(args.eval_annotations, "evaluation annotations") if args.eval_annotations else None
     train, ev = split(train_src, eval_src, args.seen, args.unseen,
                       str(args.train_annotations), str(args.eval_annotations),
-                      eval_seen=args.eval_seen, eval_unseen=args.eval_unseen)
-    atomic_write_json(args.train_out, train)
-    atomic_write_json(args.eval_out, ev)
-    log.info("wrote %s and %s", args.train_out, args.eval_out)
+                      eval_seen=args.eval_seen, eval_unseen=args.eval_unseen, allow_no_unseen=args.allow_no_unseen)
+    if args.train_out is not None:
+        atomic_write_json(args.train_out, train)
+        log.info("wrote %s", args.train_out)
+    if ev is not None:
+        atomic_write_json(args.eval_out, ev)
+        log.info("wrote %s", args.eval_out)
+    if args.mining_out is not None:
+        mining, _ = split(train_src, None, args.seen, train_path=str(args.train_annotations), keep_all_images=True)
+        atomic_write_json(args.mining_out, mining)
+        log.info("wrote %s (%d images, for pseudo-GT mining)", args.mining_out, len(mining["images"]))
     return 0

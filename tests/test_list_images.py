@@ -40,7 +40,7 @@ def fake_imagenet(root: Path) -> list[tuple[str, int, int]]:
     (root / "n01440764/n01440764_2.png").write_bytes(b"")  # empty: skipped
     (root / "n01440764/n01440764_3.PNG").parent.mkdir(exist_ok=True)
     png(root / "n01440764/n01440764_3.PNG", 20, 10, 1)
-    # Stored 48 wide x 24 high with "rotate 90 degrees" in EXIF.
+    # Stored 48 wide x 24 high with "rotate 90 degrees" in EXIF: listed (and read) 24 wide x 48 high.
     (root / "n01443537/n01443537_1.jpg").write_bytes(jpeg_bytes(24, 48, 2, exif_orientation=6))
     (root / "n01443537/n01443537_22.JPEG").write_bytes(b"\x89garbage, not an image" * 10)  # corrupt: skipped
     whole = jpeg_bytes(64, 64, 3)
@@ -53,7 +53,7 @@ def fake_imagenet(root: Path) -> list[tuple[str, int, int]]:
     (root / ".cache").mkdir()
     (root / ".cache/x.jpg").write_bytes(jpeg_bytes(8, 8, 7))  # hidden folder
     return [("n01440764/n01440764_10026.JPEG", 30, 40), ("n01440764/n01440764_3.PNG", 20, 10),
-            ("n01443537/n01443537_1.jpg", 24, 48), ("n01484850/n01484850_7.jpeg", 17, 23),
+            ("n01443537/n01443537_1.jpg", 48, 24), ("n01484850/n01484850_7.jpeg", 17, 23),
             ("n01484850/n01484850_8.png", 33, 12), ("n01484850/n01484850_9.bmp", 9, 11)]
 
 
@@ -103,11 +103,11 @@ def test_sizes_agree_with_read_image(tree, tmp_path):
 def test_exif_rotation_swaps_when_the_reader_rotates(tree, monkeypatch):
     root, _ = tree
     path = root / "n01443537/n01443537_1.jpg"
-    assert li.read_header(str(path)) == (24, 48, 6)
-    monkeypatch.setattr(li, "READER_APPLIES_EXIF_ORIENTATION", True)
     with Image.open(path) as im:
         w, h = ImageOps.exif_transpose(im).size
-    assert li.read_header(str(path)) == (h, w, 6) == (48, 24, 6)
+    assert li.read_header(str(path)) == (h, w, 6) == (48, 24, 6)  # the reader rotates: so does the list
+    monkeypatch.setattr(li, "READER_APPLIES_EXIF_ORIENTATION", False)
+    assert li.read_header(str(path)) == (24, 48, 6)
 
 
 def test_deterministic_across_runs_and_workers(tree, tmp_path):

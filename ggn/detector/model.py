@@ -19,7 +19,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ggn.io import InputError, load_checkpoint
+from ggn.io import InputError, checkpoint_kind, load_checkpoint
 from ggn.weights import load_pretrained_state
 
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}
@@ -217,6 +217,10 @@ def load_pretrained(model: nn.Module, spec: str | Path, arch: str = "resnet50") 
     "layer1.0.conv1.weight", loaded into the backbone body). Shapes that do not fit (e.g. another number of
     classes) are skipped. Returns (loaded tensors, skipped tensors, the file they came from)."""
     state, path = load_pretrained_state(spec, arch)
+    kind, words = checkpoint_kind(state)
+    if kind in ("pa", None) and isinstance(state, dict) and "model" in state:
+        raise InputError(f"pretrained file {path} holds {words}; --pretrained takes `imagenet`, a ResNet weights "
+                         "file or a detector checkpoint")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not state:
@@ -248,11 +252,13 @@ def load_detector(path: str | Path, device: torch.device | str = "cpu",
                   overrides: dict[str, Any] | None = None) -> tuple[MaskRCNN, dict[str, Any]]:
     """Detector checkpoint ({"model", "config"}) -> (model in eval mode on `device`, config).
     `overrides` replace config values that do not change the weights (test-time settings, input size)."""
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise InputError(f"{path} is not a detector checkpoint (needs 'model' and 'config'); "
-                         "use the --out file of `ggn train-detector`")
+    ckpt = load_checkpoint(path, expect="detector")
     config = LEGACY_CONFIG | dict(ckpt["config"]) | dict(overrides or {})
     model = build_detector(config)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise InputError(f"detector checkpoint {path}: its tensors do not fit the network its config describes "
+                         f"({str(e).strip().splitlines()[0]:.200}); it was edited or written by another version: "
+                         "train it again") from None
     return model.to(device).eval(), config

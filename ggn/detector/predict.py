@@ -11,8 +11,9 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 from tqdm import tqdm
 
-from ggn.coco_data import read_image
 from ggn.detector.model import DEFAULT_CONFIG, load_detector
+from ggn.annotations import validate_coco
+from ggn.images import ImageError, image_path, load_image
 from ggn.io import InputError, atomic_write_json, pick_device, read_json
 from ggn.masks import encode_masks
 
@@ -75,32 +76,36 @@ def run(args: argparse.Namespace) -> int:
     test_settings = {"box_score_thresh": 0.0, "box_nms_thresh": args.nms,
                      "box_detections_per_img": args.max_detections,
                      "rpn_pre_nms_top_n_test": args.rpn_proposals, "rpn_post_nms_top_n_test": args.rpn_proposals}
+    coco = validate_coco(read_json(args.annotations, "annotation file"), args.annotations, annotations=False,
+                         categories=False)[0]
     model, config = load_detector(args.checkpoint, device, test_settings)
-    coco = read_json(args.annotations, "annotation file")
-    if not isinstance(coco, dict) or "images" not in coco:
-        raise InputError(f"{args.annotations} has no 'images' list; pass a COCO annotation file (eval.json)")
     infos = sorted(coco["images"], key=lambda im: im["id"])[: args.max_images]
     root = Path(args.images)
     if not root.is_dir():
         raise InputError(f"image folder {root} does not exist (images of {args.annotations})")
+    for info in infos:
+        image_path(root, info["file_name"])  # a name leaving the image folder is refused before any work
     results: list[dict] = []
-    skipped = 0
+    skipped: dict[int, str] = {}
     bar = tqdm(total=len(infos), desc="predict", unit="img", dynamic_ncols=True)
     for start in range(0, len(infos), args.batch_size):
         chunk, pixels = [], []
         for info in infos[start:start + args.batch_size]:
             try:
-                pixels.append(read_image(root / info["file_name"]))
+                pixels.append(load_image(root, info))
                 chunk.append(info)
-            except (OSError, ValueError) as e:
-                log.warning("skipping image %s: %s", root / info["file_name"], e)
-                skipped += 1
+            except ImageError as e:
+                log.warning("skipping image %s: %s", info["id"], e)
+                skipped[int(info["id"])] = str(e)
         if chunk:
             for info, im, det in zip(chunk, pixels, detect(model, pixels, device)):
                 results.extend(to_results(info["id"], det, im.shape[0], im.shape[1]))
         bar.update(len(infos[start:start + args.batch_size]))
     bar.close()
     atomic_write_json(args.out, results)
-    log.info("%d detections on %d images written to %s (%d unreadable images skipped)",
-             len(results), len(infos) - skipped, args.out, skipped)
+    summary = {"images": len(infos), "images_processed": len(infos) - len(skipped), "images_skipped": len(skipped),
+               "skipped": {str(k): v for k, v in sorted(skipped.items())}, "detections": len(results)}
+    atomic_write_json(f"{args.out}.summary.json", summary, indent=2)
+    log.info("%d detections on %d images written to %s (%d unusable images skipped, listed in %s.summary.json)",
+             len(results), len(infos) - len(skipped), args.out, len(skipped), args.out)
     return 0

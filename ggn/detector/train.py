@@ -214,7 +214,9 @@ def run(args: argparse.Namespace) -> int:
                                      args.pseudo_store, flip=args.flip, max_images=args.max_images,
                                      ground_truth=args.ground_truth)
     if len(dataset) == 0:
-        raise InputError(f"{args.train_json} has no images to train on")
+        raise InputError(f"{args.train_json} has no images to train on: no image has an object of a seen class "
+                         "(`ggn split` drops the others) or pseudo-GT; check `seen`")
+    dataset.base.verify_images()  # every image readable and of its annotated size, before the first step
     config = model_config(args)
     model = build_detector(config).to(device)
     if args.pretrained:

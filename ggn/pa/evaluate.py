@@ -133,6 +133,7 @@ def evaluate_pa(checkpoint: Path, annotations: Path, images: Path, max_images: i
         data.ids = data.ids[:max_images]
     if len(data) == 0:
         raise InputError(f"{annotations} has no images to evaluate")
+    data.verify_images()
     offsets = [tuple(o) for o in config["offsets"]]
     sums = {k: 0.0 for k in ("bce_within", "bce_across", "l1_within", "l1_across")}
     n_within = n_across = 0

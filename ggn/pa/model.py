@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from ggn.io import InputError, load_checkpoint
+from ggn.io import InputError, checkpoint_kind, load_checkpoint
 from ggn.weights import load_pretrained_state
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,10 @@ def build_pa_model(config: dict, pretrained: str | Path | None = None) -> Pairwi
 def load_backbone_weights(model: PairwiseAffinityNet, spec: str | Path, arch: str = "resnet50") -> None:
     """Copy ImageNet weights (`imagenet` or a local torchvision ResNet checkpoint) into the backbone."""
     state, path = load_pretrained_state(spec, arch)
+    kind, words = checkpoint_kind(state)
+    if kind in ("detector", "pa"):
+        raise InputError(f"pretrained file {path} holds {words}; --pretrained takes `imagenet` or a torchvision "
+                         "ResNet weights file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -185,12 +189,15 @@ def load_backbone_weights(model: PairwiseAffinityNet, spec: str | Path, arch: st
 
 def load_pa_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[PairwiseAffinityNet, dict]:
     """A trained PA network in eval mode on `device`, with its config."""
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise InputError(f"{path} is not a PA checkpoint (needs 'model' and 'config'); produce it with ggn train-pa")
+    ckpt = load_checkpoint(path, expect="pa")
     config = dict(ckpt["config"])
     model = build_pa_model(config)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise InputError(f"PA checkpoint {path}: its tensors do not fit the network its config describes "
+                         f"({str(e).strip().splitlines()[0]:.200}); it was edited or written by another version: "
+                         "train it again") from None
     return model.to(device).eval(), config
 
 

@@ -172,7 +172,9 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
     dataset = PATrainingSet(args.train_json, args.images, input_size=args.input_size, flip=args.flip,
                             seed=args.seed, max_images=args.max_images)
     if len(dataset) == 0:
-        raise InputError(f"{args.train_json} has no images to train on")
+        raise InputError(f"{args.train_json} has no images to train on: no image has an object of a seen class "
+                         "(`ggn split` drops the others); check `seen`, or name a trained PA network (pa_checkpoint)")
+    dataset.coco.verify_images()  # every image readable and of its annotated size, before the first step
     # One sampler for both paths: a single process is rank 0 of 1, shuffled by (seed, epoch).
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=args.seed, drop_last=False)
