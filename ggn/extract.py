@@ -368,7 +368,9 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
     }
     # Summary before the rename: a kill in between only makes the next run finalize (and write it) again.
     atomic_write_json(summary_path_for(out), summary, indent=2)
-    parts.finalize({k: summary[k] for k in ("shard", "num_shards", "images_in_shard", "images_skipped")})
+    # What `ggn merge` checks a set of shards against: one run's complete set, from its annotation file.
+    parts.finalize({**{k: summary[k] for k in ("shard", "num_shards", "images_in_shard", "images_skipped")},
+                    "annotations_sha256": coco_sha, "max_images": max_images})
     log.info("shard %d/%d: %d images processed, %d skipped, %d candidates, %.3f s/image -> %s (summary %s)",
              shard, num_shards, processed, len(parts.skipped), parts.candidates, summary["seconds_per_image"],
              out, summary_path_for(out))

@@ -80,6 +80,55 @@ def _open_shard(path: Path) -> pq.ParquetFile:
     return pf
 
 
+def check_shard_set(paths: list[Path], annotations: str | os.PathLike) -> None:
+    """Refuse shards that are not one extraction run's complete set for `annotations`, from the `ggn.shard`
+    metadata `ggn extract` writes (and `ggn rank-oln` keeps): shard counts that differ, a shard index twice or
+    missing (1 of 2 shards), another annotation file. Shards without that metadata are taken with a warning."""
+    import hashlib
+
+    from ggn.extract import META_SHARD
+
+    metas = {}
+    for p in paths:
+        raw = (pq.read_schema(p).metadata or {}).get(META_SHARD)
+        try:
+            metas[p] = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            metas[p] = None
+    unlabelled = [str(p) for p, m in metas.items() if not isinstance(m, dict)]
+    if unlabelled:
+        log.warning("%d shard(s) carry no ggn.shard metadata (%s); cannot check that they are one run's complete "
+                    "set", len(unlabelled), ", ".join(unlabelled[:3]))
+    labelled = {p: m for p, m in metas.items() if isinstance(m, dict)}
+    if not labelled:
+        return
+    counts = {int(m["num_shards"]) for m in labelled.values()}
+    if len(counts) > 1:
+        raise InputError(f"the shards were made with different --num-shards ({sorted(counts)}): "
+                         + ", ".join(f"{p.name}: {m['shard']} of {m['num_shards']}" for p, m in labelled.items())
+                         + "; merge the shards of one extraction run")
+    n = counts.pop()
+    indices = [int(m["shard"]) for m in labelled.values()]
+    twice = sorted({i for i in indices if indices.count(i) > 1})
+    if twice:
+        raise InputError(f"shard index(es) {twice} of {n} given twice; pass each shard once")
+    if not unlabelled:
+        missing = sorted(set(range(n)) - set(indices))
+        if missing:
+            raise InputError(f"{len(missing)} of the {n} shards are missing (index {', '.join(map(str, missing[:10]))}"
+                             f"{', ...' if len(missing) > 10 else ''}): merging {len(paths)} of {n} shards would "
+                             f"leave those images without pseudo-GT; pass all {n} shards")
+    digest = hashlib.sha256(Path(annotations).read_bytes()).hexdigest()
+    for p, m in labelled.items():
+        if m.get("annotations_sha256") not in (None, digest):
+            raise InputError(f"shard {p} was extracted from another annotation file than --annotations "
+                             f"{annotations} (its content differs): a shard of another run; extract it again or "
+                             "merge with the annotation file it was made from")
+        if m.get("max_images") is not None:
+            log.warning("shard %s holds only the first %s images of its share (--max-images): a smoke test", p,
+                        m["max_images"])
+
+
 def _top_k_per_image(table: pa.Table, top_k: int) -> pa.Table:
     """The best `top_k` rows by rank of each image; images are contiguous runs in `table`."""
     if table.num_rows == 0:
@@ -320,6 +369,7 @@ def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike
     shard_paths = [Path(s) for s in shards]
     for p in shard_paths:
         _open_shard(p)  # fail on a bad shard before any work
+    check_shard_set(shard_paths, annotations)
 
     counts = MergeCounts()
     writer = StoreWriter(Path(store), num_partitions) if store is not None else None
