@@ -1,4 +1,5 @@
-"""The results table: one row per experiment (baseline vs GGN recall on unseen classes), as CSV and Markdown."""
+"""The results table: one row per experiment (baseline vs GGN recall on unseen classes, the no-learning control
+beside them when the row has one, and the pseudo-GT quality of `ggn eval-pseudo`), as CSV and Markdown."""
 from __future__ import annotations
 
 import csv
@@ -17,6 +18,16 @@ METRICS = [
     ("mask_AR@10", "segm", "AR@10"),
     ("mask_AR@100", "segm", "AR@100"),
 ]
+VARIANTS = ("baseline", "control", "ggn")
+# (column suffix, path in `ggn eval-pseudo`'s JSON) of the pseudo-GT quality columns, in percent.
+QUALITY = [
+    ("pseudo_recall@1", ("recall", "top-1")),
+    ("pseudo_recall@3", ("recall", "top-3")),
+    ("pseudo_recall@20", ("recall", "top-20")),
+    ("candidate_box_AR", ("candidate_AR", "bbox")),
+    ("candidate_mask_AR", ("candidate_AR", "segm")),
+    ("pseudo_precision", ("pseudo_gt", "precision")),
+]
 
 
 def add_arguments(parser) -> None:
@@ -26,6 +37,10 @@ def add_arguments(parser) -> None:
     row.add_argument("--baseline", type=Path, help="metrics JSON of the baseline detector (a row may lack it: the "
                                                     "ImageNet rows have a GGN detector only)")
     row.add_argument("--ggn", type=Path, help="metrics JSON of the detector trained with pseudo-GT")
+    row.add_argument("--control", type=Path, help="metrics JSON of the control detector (pseudo-GT grouped from the "
+                                                   "image gradient, no learned affinity)")
+    row.add_argument("--ggn-quality", type=Path, help="`ggn eval-pseudo` JSON of the PA network's pseudo-GT")
+    row.add_argument("--control-quality", type=Path, help="`ggn eval-pseudo` JSON of the control's pseudo-GT")
     row.add_argument("--pa", type=Path, default=None, help="metrics JSON of `ggn eval-pa` (optional)")
     row.add_argument("--training", default="", help="what the detector was trained on")
     row.add_argument("--evaluation", default="", help="what it was evaluated on")
@@ -54,14 +69,17 @@ def _metric(metrics: dict, path: Path, iou_type: str, name: str) -> float:
 def make_row(experiment: str, baseline: Path | None, ggn: Path | None, pa: Path | None = None, training: str = "",
              evaluation: str = "", top_k: int | None = None, paper_baseline: float | None = None,
              paper_ggn: float | None = None, paper_metric: str = "mask_AR@100", detector: str = "",
-             ranking: str = "") -> dict:
+             ranking: str = "", control: Path | None = None, ggn_quality: Path | None = None,
+             control_quality: Path | None = None) -> dict:
     if paper_metric not in [c for c, _, _ in METRICS]:
         raise InputError(f"paper metric {paper_metric!r} is not one of {[c for c, _, _ in METRICS]}")
     row = {"experiment": experiment, "training": training, "evaluation": evaluation, "detector": detector,
            "ranking": ranking, "top_k": top_k}
     if baseline is None and ggn is None:
         raise InputError(f"row {experiment}: give --baseline and/or --ggn metrics")
-    for variant, path in (("baseline", baseline), ("ggn", ggn)):
+    for variant, path in (("baseline", baseline), ("ggn", ggn), ("control", control)):
+        if variant == "control" and path is None:
+            continue  # rows without a control keep the columns they always had
         metrics = read_json(path, "metrics file") if path is not None else None
         for column, iou_type, name in METRICS:
             row[f"{variant}_{column}"] = None if path is None else round(_metric(metrics, path, iou_type, name), 2)
@@ -70,6 +88,9 @@ def make_row(experiment: str, baseline: Path | None, ggn: Path | None, pa: Path 
     row["paper_metric"] = paper_metric
     row[f"paper_baseline_{paper_metric}"] = paper_baseline
     row[f"paper_ggn_{paper_metric}"] = paper_ggn
+    for variant, path in (("control", control_quality), ("ggn", ggn_quality)):
+        if path is not None:
+            row.update(quality_columns(variant, path))
     if pa is not None:
         pa_metrics = read_json(pa, "PA metrics file")
         boundary = pa_metrics.get("boundary", {})
@@ -79,15 +100,36 @@ def make_row(experiment: str, baseline: Path | None, ggn: Path | None, pa: Path 
     return row
 
 
+def quality_columns(variant: str, path: Path) -> dict:
+    """`{variant}_pseudo_recall@1` ... `{variant}_pseudo_precision`, in percent, from an eval-pseudo JSON."""
+    quality = read_json(path, "pseudo-GT quality file")
+    columns = {}
+    for column, (group, key) in QUALITY:
+        if not isinstance(quality, dict) or key not in (quality.get(group) or {}):
+            if group == "pseudo_gt":
+                columns[f"{variant}_{column}"] = None
+                continue
+            raise InputError(f"{path} has no {group} {key}; it must be the output of `ggn eval-pseudo`")
+        value = quality[group][key]
+        columns[f"{variant}_{column}"] = None if value is None else round(100.0 * float(value), 2)
+    return columns
+
+
 def render_markdown(rows: list[dict]) -> str:
     def fmt(v):
         return "" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
+    with_control = any("control_mask_AR@100" in r for r in rows)
     header = ["experiment", "training", "evaluation", "detector", "top-k",
               "box AR@10", "box AR@100", "mask AR@10", "mask AR@100", "gain (mask AR@100)", "paper (its metric)"]
+    if with_control:  # baseline → control → GGN: what grouping the image adds, then what learning the affinity adds
+        header[5:9] = [f"{h} (baseline → control → GGN)" for h in header[5:9]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        pair = lambda c: f"{fmt(r[f'baseline_{c}']) or '–'} → {fmt(r[f'ggn_{c}']) or '–'}"  # noqa: E731
+        def pair(c):
+            variants = ("baseline", "control", "ggn") if with_control else ("baseline", "ggn")
+            return " → ".join(fmt(r.get(f"{v}_{c}")) or "–" for v in variants)
+
         metric = r.get("paper_metric", "mask_AR@100")
         base, ggn = r.get(f"paper_baseline_{metric}"), r.get(f"paper_ggn_{metric}")
         paper = ""
@@ -105,7 +147,30 @@ def render_markdown(rows: list[dict]) -> str:
                  "(detector trained on seen GT → seen GT + pseudo-GT). The paper's numbers are those of the "
                  "metric named beside them: mask AR@100 for the Mask R-CNN rows, box AR@100 for OLN, a box "
                  "detector there (ours keeps a mask head so that both are reported).")
+    if with_control:
+        lines.append("")
+        lines.append("Control: the same grouping, merge and detector, with the affinity read off the image's colour "
+                     "gradient instead of predicted by the PA network (no learning); gain is GGN minus baseline.")
+    lines += render_quality(rows)
     return "\n".join(lines) + "\n"
+
+
+def render_quality(rows: list[dict]) -> list[str]:
+    """The pseudo-GT quality table (one line per experiment and pseudo-GT source), empty without quality columns."""
+    sources = [(r, v) for r in rows for v in ("control", "ggn") if f"{v}_pseudo_recall@1" in r]
+    if not sources:
+        return []
+    lines = ["", "Pseudo-GT quality on the mined training images (`ggn eval-pseudo`, unseen classes, percent):", "",
+             "| experiment | affinity | recall top-1 | top-3 | top-20 | candidate AR box | candidate AR mask "
+             "| pseudo-GT precision |", "|" + "---|" * 8]
+    for r, v in sources:
+        cells = [r["experiment"], {"control": "image gradient (control)", "ggn": "PA network (GGN)"}[v]]
+        cells += ["" if r[f"{v}_{c}"] is None else f"{r[f'{v}_{c}']:.1f}" for c, _ in QUALITY]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Recall: unseen objects covered at mask IoU 0.5 by an image's top-k candidates; candidate AR: AR "
+              "(IoU 0.50:0.95) of the whole candidate list; precision: kept pseudo-GT masks matching an unseen object "
+              "at IoU 0.5."]
+    return lines
 
 
 def gather(rows: list[Path], csv_path: Path, md_path: Path) -> list[dict]:
@@ -127,7 +192,7 @@ def run(args) -> None:
     if args.mode == "row":
         row = make_row(args.experiment, args.baseline, args.ggn, args.pa, args.training, args.evaluation,
                        args.top_k, args.paper_baseline, args.paper_ggn, args.paper_metric, args.detector,
-                       args.ranking)
+                       args.ranking, args.control, args.ggn_quality, args.control_quality)
         atomic_write_json(args.out, row, indent=2)
         log.info("row %s: mask AR@100 %s -> %s (%s)", args.experiment, row["baseline_mask_AR@100"],
                  row["ggn_mask_AR@100"], args.out)

@@ -68,3 +68,37 @@ def test_the_papers_number_is_labelled_with_its_metric(tmp_path):
     with pytest.raises(SystemExit):
         main(["table", "row", "--experiment", "x", "--baseline", str(base), "--ggn", str(ggn),
               "--paper-metric", "AR@7", "--out", str(tmp_path / "x.json")])
+
+
+def test_control_and_pseudo_quality_columns(tmp_path):
+    """A row with the control variant shows baseline → control → GGN; eval-pseudo's numbers become columns."""
+    base = _metrics(tmp_path / "b.json", 0.1, 0.2)
+    control = _metrics(tmp_path / "c.json", 0.2, 0.3)
+    ggn = _metrics(tmp_path / "g.json", 0.3, 0.5)
+    quality = {"recall": {"top-1": 0.25, "top-3": 0.5, "top-20": 0.75},
+               "candidate_AR": {"bbox": 0.4, "segm": 0.3}, "pseudo_gt": {"precision": 0.125}}
+    (tmp_path / "qg.json").write_text(json.dumps(quality))
+    (tmp_path / "qc.json").write_text(json.dumps({**quality, "pseudo_gt": {"precision": None}}))
+    assert main(["table", "row", "--experiment", "x", "--baseline", str(base), "--control", str(control), "--ggn",
+                 str(ggn), "--ggn-quality", str(tmp_path / "qg.json"), "--control-quality", str(tmp_path / "qc.json"),
+                 "--out", str(tmp_path / "row.json")]) == 0
+    row = json.loads((tmp_path / "row.json").read_text())
+    assert row["control_mask_AR@100"] == 15.0 and row["gain_mask_AR@100"] == 15.0
+    assert row["ggn_pseudo_recall@1"] == 25.0 and row["ggn_pseudo_recall@20"] == 75.0
+    assert row["ggn_candidate_mask_AR"] == 30.0 and row["ggn_pseudo_precision"] == 12.5
+    assert row["control_pseudo_recall@3"] == 50.0 and row["control_pseudo_precision"] is None
+    assert main(["table", "gather", "--rows", str(tmp_path / "row.json"), "--csv", str(tmp_path / "t.csv"),
+                 "--md", str(tmp_path / "t.md")]) == 0
+    md = (tmp_path / "t.md").read_text()
+    assert "10.0 → 15.0 → 25.0" in md and "baseline → control → GGN" in md
+    assert "| x | PA network (GGN) | 25.0 | 50.0 | 75.0 | 40.0 | 30.0 | 12.5 |" in md
+    assert "| x | image gradient (control) | 25.0 | 50.0 | 75.0 | 40.0 | 30.0 |  |" in md
+    columns = next(csv.reader((tmp_path / "t.csv").open()))
+    assert "control_box_AR@10" in columns and "ggn_pseudo_precision" in columns
+
+
+def test_quality_file_that_is_not_eval_pseudo_output_is_named(tmp_path):
+    bad = tmp_path / "q.json"
+    bad.write_text(json.dumps({"recall": {}}))
+    with pytest.raises(InputError, match="q.json has no recall top-1"):
+        make_row("x", _metrics(tmp_path / "b.json", 0.1, 0.2), None, ggn_quality=bad)

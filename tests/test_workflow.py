@@ -29,8 +29,8 @@ def snakemake(*args, cwd=REPO, check=True):
 
 
 # Every rule that runs as a job (all but `all`), each with an entry in an experiment's `resources` block.
-JOB_RULES = ("synth", "list_images", "split", "train_pa", "eval_pa", "extract", "rank_oln", "merge", "train_detector", "predict", "evaluate",
-             "row", "table")
+JOB_RULES = ("synth", "list_images", "split", "train_pa", "eval_pa", "extract", "rank_oln", "merge", "eval_pseudo",
+             "train_detector", "predict", "evaluate", "row", "table")
 
 
 def tiny_config(results: Path) -> dict:
@@ -140,13 +140,24 @@ def test_tiny_pipeline_end_to_end_and_incremental(tmp_path):
     results = tmp_path / "results"
     cfg = tmp_path / "config.yaml"
     config = tiny_config(results)
+    config["experiments"]["tiny"]["variants"] = ["baseline", "control", "ggn"]
     cfg.write_text(yaml.safe_dump(config))
     snakemake("--cores", "2", "--configfile", str(cfg))
     table = (results / "table.csv").read_text()
     assert table.startswith("experiment,") and "\ntiny," in table
-    metrics = json.loads((results / "tiny" / "eval" / "ggn.json").read_text())
-    assert set(metrics) == {"bbox", "segm"} and "AR@100" in metrics["segm"]
+    for variant in ("baseline", "control", "ggn"):
+        metrics = json.loads((results / "tiny" / "eval" / f"{variant}.json").read_text())
+        assert set(metrics) == {"bbox", "segm"} and "AR@100" in metrics["segm"]
     assert (results / "tiny" / "pseudo" / "shards" / "1-of-2.parquet").is_file()
+    # The control's pseudo-GT: the same grouping on the image gradient, no PA network.
+    summary = json.loads((results / "tiny" / "pseudo_control" / "shards" / "1-of-2.parquet.summary.json").read_text())
+    assert summary["affinity"] == "gradient" and summary["checkpoint"] is None
+    for folder in ("pseudo", "pseudo_control"):
+        quality = json.loads((results / "tiny" / folder / "quality.json").read_text())
+        assert quality["unseen_objects"] > 0 and set(quality["recall"]) == {"top-1", "top-3", "top-20"}
+    row = json.loads((results / "tiny" / "row.json").read_text())
+    assert row["control_mask_AR@100"] is not None and row["control_pseudo_recall@20"] is not None
+    assert "baseline → control → GGN" in (results / "table.md").read_text()
 
     # Changing a merge parameter reruns merge and what depends on it, not the PA network nor the baseline.
     config["experiments"]["tiny"]["merge"]["top_k"] = 1
@@ -155,7 +166,7 @@ def test_tiny_pipeline_end_to_end_and_incremental(tmp_path):
     assert "merge" in out and "train_detector" in out
     assert "train_pa" not in out and "extract" not in out
     plan = snakemake("-n", "-p", "--configfile", str(cfg))
-    assert "train-detector --variant ggn" in plan
+    assert "tiny/detector/ggn/checkpoint.pt" in plan and "tiny/detector/control/checkpoint.pt" in plan
     assert "train-detector --variant baseline" not in plan
 
 

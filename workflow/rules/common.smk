@@ -45,7 +45,8 @@ for _name in EXPERIMENTS:
 
 wildcard_constraints:
     exp="|".join(map(re.escape, config["experiments"])),
-    variant="baseline|ggn",
+    variant="baseline|control|ggn",
+    control="(_control)?",  # empty: the PA network's pseudo-GT (pseudo/); _control: the image gradient's
     shard=r"\d+",
     nshards=r"\d+",
 
@@ -136,7 +137,40 @@ def shard_files(wildcards):
     """Shards merge reads: the extracted ones, or their Pseudo-OLN re-ranking (rank.by: oln)."""
     n = num_shards(wildcards.exp)
     folder = "ranked" if experiment(wildcards)["rank"]["by"] == "oln" else "shards"
-    return [f"{RESULTS}/{wildcards.exp}/pseudo/{folder}/{i}-of-{n}.parquet" for i in range(n)]
+    return [f"{RESULTS}/{wildcards.exp}/pseudo{wildcards.control}/{folder}/{i}-of-{n}.parquet" for i in range(n)]
+
+
+# The pseudo-GT folder of each detector variant that trains on pseudo-GT: GGN's (PA network) and the control's
+# (the same grouping on the image gradient, no learning).
+PSEUDO_FOLDERS = {"ggn": "pseudo", "control": "pseudo_control"}
+
+
+def extract_inputs(wildcards):
+    """The image list, and the PA checkpoint unless the shard is the control's (affinity from the image)."""
+    inputs = {"images_list": pseudo_annotations(wildcards)}
+    if not wildcards.control:
+        inputs["checkpoint"] = pa_checkpoint(wildcards)
+    return inputs
+
+
+def affinity_flags(wildcards, input):
+    return "--affinity gradient" if wildcards.control else f"--checkpoint {input.checkpoint}"
+
+
+def quality_source(name):
+    """The experiment whose mined images `ggn eval-pseudo` scores for this one's row, or None when the mined
+    images have no annotation of unseen classes (ImageNet, `pseudo_data`; `seen: all`)."""
+    exp = config["experiments"][name]
+    source = exp.get("models_from") or exp.get("pseudo_from") or name
+    mined = config["experiments"][source]
+    if "pseudo_data" in mined or mined["seen"].strip() == "all":
+        return None
+    return source
+
+
+def eval_pseudo_flags(wildcards):
+    exp = experiment(wildcards)
+    return to_flags({"seen": exp["seen"]})
 
 
 def merge_flags(wildcards):
@@ -145,7 +179,7 @@ def merge_flags(wildcards):
 
 def merge_store(wildcards):
     if experiment(wildcards)["merge"]["store"]:
-        return f"--store {RESULTS}/{wildcards.exp}/pseudo/store"
+        return f"--store {RESULTS}/{wildcards.exp}/pseudo{wildcards.control}/store"
     return ""
 
 
@@ -196,8 +230,10 @@ def detector_images(wildcards):
 def detector_inputs(wildcards):
     inputs = {"train": detector_train_json(wildcards)}
     exp = experiment(wildcards)
+    if wildcards.variant in PSEUDO_FOLDERS:
+        folder = PSEUDO_FOLDERS[wildcards.variant]
+        inputs["pseudo"] = f"{RESULTS}/{pseudo_source(wildcards)}/{folder}/pseudo_gt.json"
     if wildcards.variant == "ggn":
-        inputs["pseudo"] = f"{RESULTS}/{pseudo_source(wildcards)}/pseudo/pseudo_gt.json"
         if "init_from" in exp:
             inputs["init"] = f"{RESULTS}/{exp['init_from']}/detector/ggn/checkpoint.pt"
     return inputs
@@ -206,12 +242,13 @@ def detector_inputs(wildcards):
 def detector_flags(wildcards):
     exp = experiment(wildcards)
     options = dict(exp["detector"])
-    if wildcards.variant == "ggn":
-        source = pseudo_source(wildcards)
+    if wildcards.variant in PSEUDO_FOLDERS:
+        source, folder = pseudo_source(wildcards), PSEUDO_FOLDERS[wildcards.variant]
         if config["experiments"][source]["merge"]["store"]:  # read per image: memory flat in the image count
-            options["pseudo_store"] = f"{RESULTS}/{source}/pseudo/store"
+            options["pseudo_store"] = f"{RESULTS}/{source}/{folder}/store"
         else:
-            options["pseudo_gt"] = f"{RESULTS}/{source}/pseudo/pseudo_gt.json"
+            options["pseudo_gt"] = f"{RESULTS}/{source}/{folder}/pseudo_gt.json"
+    if wildcards.variant == "ggn":
         if "init_from" in exp:
             options["pretrained"] = f"{RESULTS}/{exp['init_from']}/detector/ggn/checkpoint.pt"
     else:
@@ -224,7 +261,26 @@ def row_inputs(wildcards):
     inputs = {"pa": pa_metrics(wildcards)}
     for variant in exp["variants"]:
         inputs[variant] = f"{RESULTS}/{wildcards.exp}/eval/{variant}.json"
+    source = quality_source(wildcards.exp)
+    for variant, folder in PSEUDO_FOLDERS.items():
+        if source is not None and variant in exp["variants"]:
+            inputs[f"{variant}_quality"] = f"{RESULTS}/{source}/{folder}/quality.json"
     return inputs
+
+
+def row_metric_flags(wildcards, input):
+    """--baseline/--control/--ggn metrics and --{variant}-quality files of the row's variants."""
+    names = [*exp_variants(wildcards), *(f"{v}_quality" for v in PSEUDO_FOLDERS)]
+    return " ".join(f"--{name.replace('_', '-')} {input[name]}" for name in names if name in input.keys())
+
+
+def exp_variants(wildcards):
+    return [v for v in ("baseline", "control", "ggn") if v in experiment(wildcards)["variants"]]
+
+
+def trainer_variant(wildcards):
+    """`ggn train-detector --variant`: the control trains as GGN does (seen GT + its pseudo-GT)."""
+    return "baseline" if wildcards.variant == "baseline" else "ggn"
 
 
 def predict_flags(wildcards):

@@ -1,4 +1,5 @@
-# Class-agnostic detector per variant (baseline: seen GT; ggn: seen GT + pseudo-GT) and its detections.
+# Class-agnostic detector per variant (baseline: seen GT; ggn: seen GT + pseudo-GT; control: seen GT + the
+# image-gradient pseudo-GT) and its detections.
 
 
 rule train_detector:
@@ -8,6 +9,7 @@ rule train_detector:
         checkpoint=f"{RESULTS}/{{exp}}/detector/{{variant}}/checkpoint.pt",
     params:
         images=detector_images,
+        variant=trainer_variant,
         flags=detector_flags,
     conda:
         "../envs/ggn.yaml"
@@ -20,7 +22,7 @@ rule train_detector:
         mem_mb=job_resource("train_detector", "mem_mb"),
         runtime=job_resource("train_detector", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ggn train-detector --variant {wildcards.variant} --train-json {input.train}"
+        "OMP_NUM_THREADS={threads} ggn train-detector --variant {params.variant} --train-json {input.train}"
         " --images {params.images} --out {output.checkpoint} --threads {threads} {params.flags} > {log} 2>&1"
 
 

@@ -1,45 +1,47 @@
 # Pseudo ground truth: sharded extraction (PA + grouping + ranking), optionally re-ranked per shard by the
-# row's baseline OLN detector (Pseudo-OLN, rank.by: oln), then one merge.
+# row's baseline OLN detector (Pseudo-OLN, rank.by: oln), then one merge, and its quality where the mined
+# images have every class annotated. `{control}` is empty for the PA network's pseudo-GT (pseudo/) and
+# `_control` for the no-learning control's (pseudo_control/: the same grouping on the image gradient).
 
 
 rule extract:
     input:
-        checkpoint=pa_checkpoint,
-        images_list=pseudo_annotations,
+        unpack(extract_inputs),
     output:
-        shard=f"{RESULTS}/{{exp}}/pseudo/shards/{{shard}}-of-{{nshards}}.parquet",
+        shard=f"{RESULTS}/{{exp}}/pseudo{{control}}/shards/{{shard}}-of-{{nshards}}.parquet",
     params:
+        affinity=affinity_flags,
         images=pseudo_images,
         flags=extract_flags,
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/extract-{{shard}}-of-{{nshards}}.log",
+        f"{RESULTS}/{{exp}}/logs/extract{{control}}-{{shard}}-of-{{nshards}}.log",
     threads: job_threads("extract")
     resources:
         gpu=1,
         mem_mb=job_resource("extract", "mem_mb"),
         runtime=job_resource("extract", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ggn extract --checkpoint {input.checkpoint} --annotations {input.images_list}"
+        "OMP_NUM_THREADS={threads} ggn extract {params.affinity} --annotations {input.images_list}"
         " --images {params.images} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
         " --out {output.shard} {params.flags} > {log} 2>&1"
 
 
 rule rank_oln:
     input:
-        shard=f"{RESULTS}/{{exp}}/pseudo/shards/{{shard}}-of-{{nshards}}.parquet",
+        shard=f"{RESULTS}/{{exp}}/pseudo{{control}}/shards/{{shard}}-of-{{nshards}}.parquet",
         checkpoint=f"{RESULTS}/{{exp}}/detector/baseline/checkpoint.pt",
         images_list=pseudo_annotations,
     output:
-        shard=f"{RESULTS}/{{exp}}/pseudo/ranked/{{shard}}-of-{{nshards}}.parquet",
+        shard=f"{RESULTS}/{{exp}}/pseudo{{control}}/ranked/{{shard}}-of-{{nshards}}.parquet",
     params:
         images=pseudo_images,
         flags=rank_flags,
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/rank_oln-{{shard}}-of-{{nshards}}.log",
+        f"{RESULTS}/{{exp}}/logs/rank_oln{{control}}-{{shard}}-of-{{nshards}}.log",
     threads: job_threads("rank_oln")
     resources:
         gpu=1,
@@ -56,14 +58,14 @@ rule merge:
         shards=shard_files,
         images_list=pseudo_annotations,
     output:
-        pseudo=f"{RESULTS}/{{exp}}/pseudo/pseudo_gt.json",
+        pseudo=f"{RESULTS}/{{exp}}/pseudo{{control}}/pseudo_gt.json",
     params:
         flags=merge_flags,
         store=merge_store,
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/merge.log",
+        f"{RESULTS}/{{exp}}/logs/merge{{control}}.log",
     threads: job_threads("merge")
     resources:
         mem_mb=job_resource("merge", "mem_mb"),
@@ -71,3 +73,26 @@ rule merge:
     shell:
         "ggn merge --shards {input.shards} --annotations {input.images_list} --out {output.pseudo}"
         " {params.store} {params.flags} > {log} 2>&1"
+
+
+rule eval_pseudo:
+    input:
+        shards=shard_files,
+        pseudo=f"{RESULTS}/{{exp}}/pseudo{{control}}/pseudo_gt.json",
+        images_list=pseudo_annotations,
+        full=train_source,
+    output:
+        quality=f"{RESULTS}/{{exp}}/pseudo{{control}}/quality.json",
+    params:
+        flags=eval_pseudo_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/eval_pseudo{{control}}.log",
+    threads: job_threads("eval_pseudo")
+    resources:
+        mem_mb=job_resource("eval_pseudo", "mem_mb"),
+        runtime=job_resource("eval_pseudo", "runtime"),
+    shell:
+        "ggn eval-pseudo --shards {input.shards} --pseudo-gt {input.pseudo} --mined {input.images_list}"
+        " --full-annotations {input.full} --out {output.quality} {params.flags} > {log} 2>&1"

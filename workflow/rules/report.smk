@@ -25,7 +25,7 @@ rule row:
     output:
         row=f"{RESULTS}/{{exp}}/row.json",
     params:
-        metrics=lambda wildcards, input: " ".join(f"--{v} {input[v]}" for v in ("baseline", "ggn") if v in input.keys()),
+        metrics=row_metric_flags,
         flags=row_flags,
     conda:
         "../envs/ggn.yaml"
