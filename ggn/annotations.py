@@ -118,7 +118,8 @@ def validate_coco(data: Any, path: str | os.PathLike, *, annotations: bool = Tru
             raise InputError(f"{path} has no '{key}' list; it must be a COCO instances file "
                              "(export it as COCO from the annotation tool)")
     if not data["images"]:
-        raise InputError(f"{path} lists no images (empty 'images'); nothing to train or evaluate on")
+        raise InputError(f"{path} lists no images (empty 'images'): nothing to train or evaluate on (a train.json "
+                         "of `ggn split` is empty when no image has an object of a seen class: check `seen`)")
     images: dict[int, dict] = {}
     for img in data["images"]:
         if not isinstance(img, dict) or not _is_int(img.get("id")):

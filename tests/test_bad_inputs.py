@@ -1,0 +1,397 @@
+"""The bad-input catalogue (docs/bad_inputs.md): each input a careless user or an annotation tool produces, and what
+the pipeline does with it -- a clear error naming the file, the field and the fix, a repair or drop that is counted,
+or a skip counted in a batch stage's summary. Real components only, tiny generated data."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_tiny_coco
+from ggn import extract
+from ggn.annotations import validate_coco
+from ggn.cli import main as cli_main
+from ggn.coco_data import CocoInstances
+from ggn.evaluate import evaluate
+from ggn.images import ImageError, image_path, load_image, read_header, read_image
+from ggn.io import InputError, atomic_torch_save, load_checkpoint
+from ggn.merge import merge_shards
+from ggn.split import split
+
+# ----------------------------------------------------------------------------------------------------
+# Images
+
+
+def _save(img: Image.Image, path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+    return path
+
+
+def test_missing_empty_truncated_and_garbage_files_are_image_errors(tmp_path):
+    good = _save(Image.fromarray(np.full((20, 30, 3), 90, np.uint8)), tmp_path / "a.jpg")
+    data = good.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    png = _save(Image.fromarray(np.full((20, 30, 3), 90, np.uint8)), tmp_path / "b.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) - 30])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "garbage.jpg").write_bytes(b"\x00\x01 not an image" * 20)
+    for name in ("missing.jpg", "cut.jpg", "cut.png", "empty.png", "garbage.jpg"):
+        with pytest.raises(ImageError, match=name):
+            read_image(tmp_path / name)
+        assert isinstance(read_header(tmp_path / name), str)  # what training's up-front check sees
+    assert read_image(good).shape == (20, 30, 3)
+
+
+def test_grayscale_palette_rgba_cmyk_become_rgb(tmp_path):
+    gray = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+    out = read_image(_save(Image.fromarray(gray), tmp_path / "gray.png"))
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8 and (out[..., 1] == gray).all()
+    pal = Image.fromarray(gray).convert("P")
+    assert read_image(_save(pal, tmp_path / "pal.png")).shape == (20, 30, 3)
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 128
+    out = read_image(_save(Image.fromarray(rgba), tmp_path / "rgba.png"))
+    assert out.shape == (20, 30, 3) and (out[..., 0] == 200).all()
+    cmyk = Image.new("CMYK", (30, 20), (0, 255, 255, 0))  # pure red in CMYK
+    out = read_image(_save(cmyk, tmp_path / "cmyk.jpg", quality=95))
+    assert out.shape == (20, 30, 3) and out[..., 0].mean() > 200 and out[..., 1].mean() < 60
+
+
+def test_16_bit_png_is_scaled_not_clipped_to_white(tmp_path):
+    deep = (np.linspace(0, 65535, 20 * 30).reshape(20, 30)).astype(np.uint16)
+    path = _save(Image.fromarray(deep), tmp_path / "deep.png")
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")  # the file is 16-bit
+    out = read_image(path)
+    assert out.shape == (20, 30, 3)
+    expected = np.rint(deep / 257.0).astype(np.uint8)
+    assert np.abs(out[..., 0].astype(int) - expected).max() <= 1
+    assert out.min() == 0 and out.max() == 255 and 100 < out.mean() < 155  # not all white
+
+
+def test_exif_rotated_photo_is_read_as_displayed_and_checked_against_its_annotation(tmp_path):
+    pixels = np.zeros((24, 48, 3), np.uint8)
+    pixels[:, :8] = 255  # a white band on the left of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = _save(Image.fromarray(pixels), tmp_path / "photos" / "rot.jpg", exif=exif.tobytes(), quality=95)
+    out = read_image(path)
+    assert out.shape == (48, 24, 3)  # as the annotation tool showed it
+    assert out[:8].mean() > 200 and out[-8:].mean() < 50  # the band is now on top
+    assert read_header(path)[:2] == (48, 24)
+    info = {"id": 1, "file_name": "rot.jpg", "height": 48, "width": 24}
+    assert load_image(tmp_path / "photos", info).shape == (48, 24, 3)
+    with pytest.raises(ImageError, match="24x48.*annotation says 48x24"):
+        load_image(tmp_path / "photos", {**info, "height": 24, "width": 48})
+
+
+def test_image_size_disagreeing_with_annotation_is_skipped_by_extract_and_refused_by_training(tmp_path):
+    ann, img_dir = make_tiny_coco(tmp_path, num_images=3, size=32)
+    Image.fromarray(np.zeros((20, 32, 3), np.uint8)).save(img_dir / "000002.png")  # annotated 32x32
+    (img_dir / "000003.png").unlink()  # missing
+    data = CocoInstances(ann, img_dir)
+    with pytest.raises(InputError, match=r"2 of the 3 images .*cannot be trained on.*000002.png: 32x20.*000003.png"):
+        data.verify_images()
+    with pytest.raises(ImageError, match="annotation says 32x32"):
+        data[1]
+
+
+@pytest.fixture(scope="module")
+def pa_ckpt(tmp_path_factory):
+    from ggn.pa.model import build_pa_model, default_pa_config
+
+    torch.manual_seed(0)
+    cfg = default_pa_config(backbone="resnet18", fpn_dim=16, ppm_dim=16, input_size=32)
+    path = tmp_path_factory.mktemp("pa") / "checkpoint.pt"
+    atomic_torch_save({"model": build_pa_model(cfg).eval().state_dict(), "config": cfg}, path)
+    return path
+
+
+def test_extract_skips_and_counts_missing_and_wrong_size_images(tmp_path, pa_ckpt):
+    ann, img_dir = make_tiny_coco(tmp_path, num_images=3, size=32)
+    Image.fromarray(np.zeros((20, 32, 3), np.uint8)).save(img_dir / "000002.png")
+    (img_dir / "000003.png").unlink()
+    out = tmp_path / "0-of-1.parquet"
+    summary = extract.extract_shard(pa_ckpt, ann, img_dir, 0, 1, out, device="cpu", top_k=3)
+    assert summary["images_processed"] == 1 and summary["images_skipped"] == 2
+    assert "annotation says 32x32" in summary["skipped"]["2"] and "does not exist" in summary["skipped"]["3"]
+    assert set(pq.read_table(out)["image_id"].to_pylist()) <= {1}
+
+
+def test_file_name_with_subfolders_is_read(tmp_path):
+    _save(Image.fromarray(np.zeros((8, 9, 3), np.uint8)), tmp_path / "imgs" / "a" / "b" / "x.png")
+    assert load_image(tmp_path / "imgs", {"id": 1, "file_name": "a/b/x.png", "height": 8, "width": 9}).shape == (8, 9, 3)
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/passwd", "a/../../x.png", "C:\\data\\x.png"])
+def test_file_name_leaving_the_image_folder_is_refused(tmp_path, name):
+    with pytest.raises(InputError, match="leaves the image folder"):
+        image_path(tmp_path, name)
+    coco = {"images": [{"id": 1, "file_name": name, "height": 8, "width": 8}], "annotations": [], "categories": []}
+    with pytest.raises(InputError, match=r"x\.json: image 1: file_name .* leaves the image folder"):
+        validate_coco(coco, "x.json")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Annotation files
+
+SQUARE = [[2, 2, 12, 2, 12, 12, 2, 12]]
+
+
+def _coco(anns, images=None, cats=None):
+    images = images or [{"id": 1, "file_name": "1.png", "height": 20, "width": 20},
+                        {"id": 2, "file_name": "2.png", "height": 20, "width": 20}]
+    cats = cats or [{"id": 1, "name": "box"}, {"id": 2, "name": "disc"}]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def _ann(i, image_id=1, cat=1, seg=None, **kw):
+    return {"id": i, "image_id": image_id, "category_id": cat, "iscrowd": 0,
+            "segmentation": SQUARE if seg is None else seg,
+            "bbox": [2.0, 2.0, 10.0, 10.0], "area": 100.0, **kw}
+
+
+def test_malformed_and_truncated_json_is_a_clear_error(tmp_path):
+    (tmp_path / "e.json").write_text('{"images": [1, 2')  # truncated
+    with pytest.raises(InputError, match=r"e\.json is not valid JSON"):
+        cli_main(["split", "--train-annotations", str(tmp_path / "e.json"), "--seen", "all",
+                  "--train-out", str(tmp_path / "t.json")])
+
+
+@pytest.mark.parametrize("key", ["images", "annotations", "categories"])
+def test_missing_top_level_list_is_a_clear_error(key):
+    coco = _coco([_ann(1)])
+    del coco[key]
+    with pytest.raises(InputError, match=f"has no '{key}' list"):
+        validate_coco(coco, "x.json")
+
+
+def test_bad_polygons_empty_segmentation_and_uncompressed_rle_are_repaired_or_dropped_and_counted():
+    from pycocotools import mask as mask_utils
+
+    full = np.zeros((20, 20), np.uint8)
+    full[5:9, 3:7] = 1
+    counts = mask_utils.encode(np.asfortranarray(full))
+    uncompressed = {"size": [20, 20], "counts": [int(c) for c in _rle_runs(full)]}
+    anns = [_ann(1, seg=[[1, 1, 5, 5]]),                        # 2-point polygon: dropped
+            _ann(2, seg=[[1, 1, 5, 5], SQUARE[0]]),             # one good part: that part kept
+            _ann(3, seg=[]),                                    # empty segmentation: dropped
+            _ann(4, seg=uncompressed),                          # uncompressed RLE: converted
+            _ann(5, seg=[[3, 3, 3, 3, 3, 3]])]                  # 3 equal points: no pixel, dropped
+    out, n = validate_coco(_coco(anns), "x.json")
+    assert [a["id"] for a in out["annotations"]] == [2, 4]
+    assert out["annotations"][0]["segmentation"] == SQUARE
+    rle = out["annotations"][1]["segmentation"]
+    assert isinstance(rle["counts"], str) and rle["counts"] == counts["counts"].decode()
+    assert n == {"degenerate_polygons": 1, "polygons_dropped": 2, "no_mask": 1, "rle_converted": 1, "empty_mask": 1}
+
+
+def _rle_runs(mask):
+    flat = mask.flatten(order="F")
+    runs, value, count = [], 0, 0
+    for v in flat:
+        if v == value:
+            count += 1
+        else:
+            runs.append(count)
+            value, count = v, 1
+    runs.append(count)
+    return runs
+
+
+def test_zero_area_and_out_of_image_boxes_are_taken_from_the_mask():
+    anns = [_ann(1, bbox=[2.0, 2.0, 0.0, 10.0]), _ann(2, bbox=[15.0, 15.0, 30.0, 30.0]), _ann(3, bbox=None, area=0)]
+    out, n = validate_coco(_coco(anns), "x.json")
+    assert all(a["bbox"] == [2.0, 2.0, 10.0, 10.0] for a in out["annotations"])
+    assert n["boxes_from_mask"] == 3 and n["areas_from_mask"] == 1
+    # ... and so box AR counts them: ground truth as detections gives 1.0 (a zero box would give 0).
+    ev = _coco([_ann(1, bbox=[2.0, 2.0, 0.0, 0.0])])
+    dets = [{"image_id": 1, "bbox": [2.0, 2.0, 10.0, 10.0], "segmentation": SQUARE, "score": 1.0}]
+    assert evaluate(ev, dets)["bbox"]["AR@10"] == pytest.approx(1.0)
+
+
+def test_annotation_ids_zero_missing_or_duplicated_are_renumbered():
+    anns = [_ann(0), _ann(4), _ann(5, image_id=2), _ann(5, image_id=2)]
+    del anns[1]["id"]
+    out, n = validate_coco(_coco(anns), "x.json")
+    assert [a["id"] for a in out["annotations"]] == [1, 2, 3, 4] and n["ids_renumbered"] == 3  # 0, none, 2nd 5
+
+
+def test_duplicated_image_ids_are_refused():
+    images = [{"id": 1, "file_name": "1.png", "height": 20, "width": 20},
+              {"id": 1, "file_name": "2.png", "height": 20, "width": 20}]
+    with pytest.raises(InputError, match="image id 1 is used twice"):
+        validate_coco(_coco([_ann(1)], images=images), "x.json")
+
+
+def test_category_id_not_in_categories_is_refused():
+    with pytest.raises(InputError, match="annotation 7 has category_id 9, which is not in 'categories'"):
+        validate_coco(_coco([_ann(7, cat=9)]), "x.json")
+
+
+def test_background_category_zero_is_dropped_with_its_annotations():
+    cats = [{"id": 0, "name": "_background_"}, {"id": 1, "name": "box"}]
+    out, n = validate_coco(_coco([_ann(1, cat=0), _ann(2)], cats=cats), "x.json")
+    assert out["categories"] == [{"id": 1, "name": "box"}]
+    assert [a["id"] for a in out["annotations"]] == [2] and n["background_class"] == 1
+    train, ev = split(_coco([_ann(1, cat=0), _ann(2), _ann(3, image_id=2, cat=2)],
+                          cats=cats + [{"id": 2, "name": "disc"}]),
+                      _coco([_ann(1, cat=0), _ann(3, image_id=2, cat=2)], cats=cats + [{"id": 2, "name": "disc"}]),
+                      "all", allow_no_unseen=True)  # "all" does not make the background a seen class
+    assert len(train["annotations"]) == 2 and len(ev["annotations"]) == 1
+    assert [c["name"] for c in ev["categories"]] == ["box", "disc"]
+
+
+def test_images_without_annotations_dropped_from_training_kept_for_evaluation_and_mining(tmp_path):
+    src = tmp_path / "src.json"
+    src.write_text(json.dumps(_coco([_ann(1, cat=1), _ann(2, image_id=2, cat=2)])))
+    assert cli_main(["split", "--train-annotations", str(src), "--eval-annotations", str(src), "--seen", "box",
+                     "--train-out", str(tmp_path / "t.json"), "--eval-out", str(tmp_path / "e.json"),
+                     "--mining-out", str(tmp_path / "m.json")]) == 0
+    assert [i["id"] for i in json.loads((tmp_path / "t.json").read_text())["images"]] == [1]
+    assert [i["id"] for i in json.loads((tmp_path / "e.json").read_text())["images"]] == [1, 2]
+    mining = json.loads((tmp_path / "m.json").read_text())
+    assert [i["id"] for i in mining["images"]] == [1, 2] and len(mining["annotations"]) == 1
+
+
+def test_empty_dataset_is_refused():
+    with pytest.raises(InputError, match="lists no images"):
+        validate_coco(_coco([], images=[]) | {"images": []}, "x.json")
+
+
+def test_box_only_export_is_refused():
+    anns = [{k: v for k, v in _ann(i).items() if k != "segmentation"} for i in (1, 2)]
+    with pytest.raises(InputError, match="box-only export.*export polygons or masks"):
+        validate_coco(_coco(anns), "x.json")
+
+
+def test_no_seen_class_object_refuses_pa_training_before_any_step(tmp_path):
+    ann, img_dir = make_tiny_coco(tmp_path, num_images=2, size=32)
+    train, _ = split(json.loads(ann.read_text()), None, "none")
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    with pytest.raises(InputError, match="lists no images.*no image has an object of a seen class"):
+        cli_main(["train-pa", "--train-json", str(tmp_path / "train.json"), "--images", str(img_dir),
+                  "--out", str(tmp_path / "pa.pt"), "--backbone", "resnet18", "--device", "cpu"])
+    assert not (tmp_path / "pa.pt").exists()
+
+
+def test_seen_unseen_spec_leaving_nothing_to_evaluate_is_refused():
+    coco = _coco([_ann(1, cat=1), _ann(2, image_id=2, cat=2)])
+    with pytest.raises(InputError, match="no object of an unseen class.*targets: pseudo"):
+        split(coco, coco, "all")
+    train, ev = split(coco, coco, "all", allow_no_unseen=True)  # pseudo-GT only: a warning
+    assert len(ev["annotations"]) == 2
+
+
+def test_unknown_class_name_is_refused_with_the_valid_names():
+    coco = _coco([_ann(1)])
+    with pytest.raises(InputError, match="unknown class name.*'bxo'.*valid names in this file: box, disc"):
+        split(coco, coco, "bxo")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Detections and evaluation
+
+
+def test_nan_detection_scores_are_refused():
+    dets = [{"image_id": 1, "bbox": [2, 2, 10, 10], "segmentation": SQUARE, "score": float("nan")}]
+    with pytest.raises(InputError, match="1 of 1 detections have a NaN or infinite score"):
+        evaluate(_coco([_ann(1)]), dets)
+
+
+def test_detections_for_another_evaluation_set_are_refused():
+    dets = [{"image_id": 77, "bbox": [2, 2, 10, 10], "segmentation": SQUARE, "score": 0.5}]
+    with pytest.raises(InputError, match="made for another evaluation set"):
+        evaluate(_coco([_ann(1)]), dets)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Artefacts: checkpoints and shards
+
+
+def _tiny_detector(path):
+    from ggn.detector.model import build_detector, detector_config
+
+    cfg = detector_config(backbone="resnet18", fpn_channels=16, representation_size=32, mask_channels=16,
+                          min_size=64, max_size=64)
+    atomic_torch_save({"model": build_detector(cfg).state_dict(), "config": cfg}, path)
+    return path
+
+
+def test_checkpoint_of_another_network_says_what_it_holds(tmp_path, pa_ckpt):
+    from ggn.detector.model import load_detector
+    from ggn.pa.model import load_pa_model
+
+    det = _tiny_detector(tmp_path / "det.pt")
+    with pytest.raises(InputError, match=r"holds a PA network \(resnet18\), but this step needs a detector checkpoint"):
+        load_detector(pa_ckpt)
+    with pytest.raises(InputError, match=r"holds a Mask R-CNN detector \(resnet18\), but this step needs a PA checkpoint"):
+        load_pa_model(det)
+    epoch = {"model": {}, "config": torch.load(pa_ckpt, weights_only=True)["config"], "optimizer": {}, "epoch": 3}
+    torch.save(epoch, tmp_path / "epoch_003.pt")
+    with pytest.raises(InputError, match="resumable training state of a PA network"):
+        load_pa_model(tmp_path / "epoch_003.pt")
+    torch.save({"layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "resnet.pt")
+    with pytest.raises(InputError, match="bare ResNet weights"):
+        load_detector(tmp_path / "resnet.pt")
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, pa_ckpt):
+    data = Path(pa_ckpt).read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match="cut.pt cannot be read .* truncated, damaged"):
+        load_checkpoint(tmp_path / "cut.pt", expect="pa")
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory, pa_ckpt):
+    root = tmp_path_factory.mktemp("shards")
+    ann, img_dir = make_tiny_coco(root, num_images=4, size=32)
+    outs = [root / f"{i}-of-2.parquet" for i in range(2)]
+    for i, out in enumerate(outs):
+        extract.extract_shard(pa_ckpt, ann, img_dir, i, 2, out, device="cpu", top_k=3)
+    one = root / "one" / "0-of-1.parquet"
+    extract.extract_shard(pa_ckpt, ann, img_dir, 0, 1, one, device="cpu", top_k=3)
+    return ann, outs, one
+
+
+def test_merge_refuses_one_of_two_shards(tmp_path, two_shards):
+    ann, outs, _ = two_shards
+    with pytest.raises(InputError, match=r"1 of the 2 shards are missing \(index 1\)"):
+        merge_shards([outs[0]], ann, tmp_path / "p.json")
+    assert merge_shards(outs, ann, tmp_path / "p.json").images_in_shards >= 1
+
+
+def test_merge_refuses_shards_of_another_shard_count(tmp_path, two_shards):
+    ann, outs, one = two_shards
+    with pytest.raises(InputError, match=r"different --num-shards \(\[1, 2\]\)"):
+        merge_shards([one, outs[1]], ann, tmp_path / "p.json")
+
+
+def test_merge_refuses_shards_of_another_annotation_file(tmp_path, two_shards):
+    ann, outs, _ = two_shards
+    other = tmp_path / "other.json"
+    coco = json.loads(Path(ann).read_text())
+    coco["annotations"] = coco["annotations"][:1]
+    other.write_text(json.dumps(coco))
+    with pytest.raises(InputError, match="extracted from another annotation file"):
+        merge_shards(outs, other, tmp_path / "p.json")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def test_unwritable_output_folder_is_refused_before_the_step_runs(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    for out in ("/proc/ggn-no-such-folder/m.json", str(tmp_path / "a_file" / "m.json")):
+        with pytest.raises(InputError, match="--out .*(cannot write in|is a file, not a folder)"):
+            cli_main(["evaluate", "--gt", str(tmp_path / "none.json"), "--detections", str(tmp_path / "none.json"),
+                      "--out", out])
