@@ -27,6 +27,8 @@ STEPS: dict[str, tuple[str, str]] = {
     "merge": ("ggn.merge", "gather extraction shards into pseudo-GT (COCO JSON and per-image parquet store)"),
     "train-detector": ("ggn.detector.train", "train the class-agnostic Mask R-CNN / OLN detector"),
     "predict": ("ggn.detector.predict", "detections on evaluation images (COCO results JSON)"),
+    "visualize": ("ggn.visualize", "PNG panels: image, potential, candidates, pseudo-GT, detections, seen/unseen GT"),
+    "plot": ("ggn.plots", "AR@k curves of every variant and histograms of candidate scores and gt_iou (PNG)"),
     "table": ("ggn.table", "gather metrics of all experiments into results/table.{csv,md}"),
     "recipe": ("ggn.recipe", "print the options each stage of a config's experiments receives (lr, batch, grouping)"),
 }
