@@ -109,6 +109,8 @@ def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
     for block, (step, required, skip) in STAGES.items():
         if block in ("detector", "predict") and exp.get("targets") == "pseudo":
             continue  # the experiment stops at the pseudo-GT
+        if block in ("pa", "extract", "merge", "detector") and "models_from" in exp:
+            continue  # evaluates another experiment's detectors: its recipe is resolved, and checked, there
         if block == "pa" and "pa_from" in exp:
             continue  # another experiment's PA network (resolved, and checked, there)
         if block in ("extract", "merge") and "pseudo_from" in exp:

@@ -23,12 +23,17 @@ for _name in EXPERIMENTS:
             f"experiment {_name!r}: rank.by oln (Pseudo-OLN) re-ranks with the row's baseline OLN detector; "
             f"set detector.kind: oln (it is {_exp['detector']['kind']!r}) or rank.by: grouping"
         )
-    for _key in ("pa_from", "pseudo_from", "init_from"):
+    for _key in ("pa_from", "pseudo_from", "init_from", "models_from"):
         if _key in _exp and _exp[_key] not in config["experiments"]:
             raise ValueError(
                 f"experiment {_name!r}: {_key} names {_exp[_key]!r}, which is not under 'experiments' "
                 f"(have: {', '.join(config['experiments'])}); add that experiment's block to this config"
             )
+    if "models_from" in _exp:
+        _missing = set(_exp["variants"]) - set(config["experiments"][_exp["models_from"]]["variants"])
+        if _missing:
+            raise ValueError(f"experiment {_name!r}: models_from {_exp['models_from']!r} trains no "
+                             f"{', '.join(sorted(_missing))} detector; set variants to what it trains")
     if "init_from" in _exp and "ggn" not in config["experiments"][_exp["init_from"]]["variants"]:
         raise ValueError(f"experiment {_name!r}: init_from {_exp['init_from']!r} builds no ggn detector")
     if not _exp["detector"]["ground_truth"] and _exp["variants"] != ["ggn"]:
@@ -184,8 +189,15 @@ def merge_store(wildcards):
 
 
 def pa_source(wildcards):
-    """The experiment whose PA network this one uses: itself, or `pa_from`."""
-    return experiment(wildcards).get("pa_from", wildcards.exp)
+    """The experiment whose PA network this one uses: itself, `pa_from`, or that of `models_from`."""
+    exp = experiment(wildcards)
+    return exp.get("pa_from") or exp.get("models_from") or wildcards.exp
+
+
+def detector_checkpoint(wildcards):
+    """The detector a row evaluates: its own, or `models_from`'s (a row that evaluates other models)."""
+    source = experiment(wildcards).get("models_from", wildcards.exp)
+    return f"{RESULTS}/{source}/detector/{wildcards.variant}/checkpoint.pt"
 
 
 def pa_checkpoint(wildcards):
@@ -293,12 +305,12 @@ def row_flags(wildcards):
         "experiment": wildcards.exp,
         "training": exp.get("training", exp["seen"]),
         "evaluation": exp.get("evaluation", exp.get("unseen") or f"not {exp['seen']}"),
-        "top_k": exp["merge"]["top_k"],
+        "top_k": config["experiments"][exp.get("models_from", wildcards.exp)]["merge"]["top_k"],
         "paper_baseline": exp.get("paper", {}).get("baseline"),
         "paper_ggn": exp.get("paper", {}).get("ggn"),
         "paper_metric": exp.get("paper", {}).get("metric"),
-        "detector": exp["detector"]["kind"],
-        "ranking": exp["rank"]["by"],
+        "detector": config["experiments"][exp.get("models_from", wildcards.exp)]["detector"]["kind"],
+        "ranking": config["experiments"][exp.get("models_from", wildcards.exp)]["rank"]["by"],
     }
     return to_flags(options)
 

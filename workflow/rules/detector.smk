@@ -28,7 +28,7 @@ rule train_detector:
 
 rule predict:
     input:
-        checkpoint=f"{RESULTS}/{{exp}}/detector/{{variant}}/checkpoint.pt",
+        checkpoint=detector_checkpoint,
         eval=f"{RESULTS}/{{exp}}/data/eval.json",
     output:
         detections=f"{RESULTS}/{{exp}}/detector/{{variant}}/detections.json",
