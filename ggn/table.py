@@ -57,6 +57,7 @@ def add_arguments(parser) -> None:
     gather.add_argument("--rows", nargs="+", required=True, type=Path)
     gather.add_argument("--csv", required=True, type=Path)
     gather.add_argument("--md", required=True, type=Path)
+    gather.add_argument("--html", type=Path, help="also the Markdown tables as one HTML page (for `snakemake --report`)")
 
 
 def _metric(metrics: dict, path: Path, iou_type: str, name: str) -> float:
@@ -173,7 +174,36 @@ def render_quality(rows: list[dict]) -> list[str]:
     return lines
 
 
-def gather(rows: list[Path], csv_path: Path, md_path: Path) -> list[dict]:
+def render_html(markdown: str) -> str:
+    """The Markdown of `render_markdown` (pipe tables and paragraphs) as a small standalone HTML page."""
+    import html
+
+    def cells(line: str) -> list[str]:
+        return [html.escape(c.strip()).replace("`", "") for c in line.strip().strip("|").split("|")]
+
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>GGN results</title><style>",
+           "body{font-family:sans-serif;font-size:14px;margin:1em} table{border-collapse:collapse;margin:1em 0}",
+           "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left} th{background:#eee}</style></head><body>"]
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells(line)) + "</tr>")
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells(lines[i])) + "</tr>")
+                i += 1
+            out.append("</table>")
+            continue
+        if line.strip():
+            out.append(f"<p>{html.escape(line).replace('`', '')}</p>")
+        i += 1
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def gather(rows: list[Path], csv_path: Path, md_path: Path, html_path: Path | None = None) -> list[dict]:
     table = [read_json(p, "table row") for p in rows]
     columns: list[str] = []
     for r in table:
@@ -183,7 +213,10 @@ def gather(rows: list[Path], csv_path: Path, md_path: Path) -> list[dict]:
     writer.writeheader()
     writer.writerows(table)
     atomic_write_text(csv_path, buf.getvalue())
-    atomic_write_text(md_path, render_markdown(table))
+    markdown = render_markdown(table)
+    atomic_write_text(md_path, markdown)
+    if html_path is not None:
+        atomic_write_text(html_path, render_html(markdown))
     log.info("wrote %d rows to %s and %s", len(table), csv_path, md_path)
     return table
 
@@ -197,4 +230,4 @@ def run(args) -> None:
         log.info("row %s: mask AR@100 %s -> %s (%s)", args.experiment, row["baseline_mask_AR@100"],
                  row["ggn_mask_AR@100"], args.out)
     else:
-        gather(args.rows, args.csv, args.md)
+        gather(args.rows, args.csv, args.md, args.html)

@@ -93,6 +93,10 @@ def test_control_and_pseudo_quality_columns(tmp_path):
     assert "10.0 → 15.0 → 25.0" in md and "baseline → control → GGN" in md
     assert "| x | PA network (GGN) | 25.0 | 50.0 | 75.0 | 40.0 | 30.0 | 12.5 |" in md
     assert "| x | image gradient (control) | 25.0 | 50.0 | 75.0 | 40.0 | 30.0 |  |" in md
+    assert main(["table", "gather", "--rows", str(tmp_path / "row.json"), "--csv", str(tmp_path / "t.csv"),
+                 "--md", str(tmp_path / "t.md"), "--html", str(tmp_path / "t.html")]) == 0
+    page = (tmp_path / "t.html").read_text()
+    assert page.count("<table>") == 2 and "<td>10.0 → 15.0 → 25.0</td>" in page and "<td>PA network (GGN)</td>" in page
     columns = next(csv.reader((tmp_path / "t.csv").open()))
     assert "control_box_AR@10" in columns and "ggn_pseudo_precision" in columns
 

@@ -30,7 +30,7 @@ def snakemake(*args, cwd=REPO, check=True):
 
 # Every rule that runs as a job (all but `all`), each with an entry in an experiment's `resources` block.
 JOB_RULES = ("synth", "list_images", "split", "train_pa", "eval_pa", "extract", "rank_oln", "merge", "eval_pseudo",
-             "train_detector", "predict", "evaluate", "row", "table")
+             "train_detector", "predict", "evaluate", "row", "table", "plots", "visualize")
 
 
 def tiny_config(results: Path) -> dict:
@@ -66,9 +66,24 @@ def test_lint_is_clean():
 
 def test_dry_run_builds_whole_table():
     out = snakemake("-n", "--forceall", "--quiet", "rules")
-    for rule in ("synth", "split", "train_pa", "eval_pa", "extract", "merge", "train_detector",
-                 "predict", "evaluate", "row", "table"):
+    for rule in ("synth", "split", "train_pa", "eval_pa", "extract", "merge", "eval_pseudo", "train_detector",
+                 "predict", "evaluate", "row", "table", "plots", "visualize"):
         assert rule in out, f"rule {rule} missing from the default DAG:\n{out}"
+
+
+def test_dry_run_makes_what_the_report_embeds(tmp_path):
+    """`snakemake --report report.html` embeds the outputs marked report(): the table as HTML, the curves, the
+    histograms and the panels; `all` makes them, the control's pseudo-GT and its quality included."""
+    results = tmp_path / "results"
+    config = tiny_config(results)
+    config["experiments"]["tiny"]["variants"] = ["baseline", "control", "ggn"]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--forceall", "--configfile", str(cfg))
+    for target in ("table.html", "tiny/figures/ar_curves.png", "tiny/figures/candidate_histograms.png",
+                   "tiny/figures/panels", "tiny/pseudo/quality.json", "tiny/pseudo_control/quality.json",
+                   "tiny/pseudo_control/pseudo_gt.json", "tiny/detector/control/checkpoint.pt"):
+        assert f"{results}/{target}" in out, f"{target} not made by `all`:\n{out}"
 
 
 def test_one_row_runs_only_that_row(tmp_path):
@@ -158,6 +173,15 @@ def test_tiny_pipeline_end_to_end_and_incremental(tmp_path):
     row = json.loads((results / "tiny" / "row.json").read_text())
     assert row["control_mask_AR@100"] is not None and row["control_pseudo_recall@20"] is not None
     assert "baseline → control → GGN" in (results / "table.md").read_text()
+    figures = results / "tiny" / "figures"
+    assert sorted(p.name for p in (figures / "panels").iterdir()) == [f"{kind}-{i}.png" for kind in ("eval", "mined")
+                                                                      for i in range(3)]
+    assert (figures / "ar_curves.png").is_file() and (figures / "candidate_histograms.png").is_file()
+    # Snakemake's own report embeds the table, the curves and the panels.
+    snakemake("--report", str(tmp_path / "report.html"), "--configfile", str(cfg))
+    report = (tmp_path / "report.html").read_text()
+    for name in ("table.html", "ar_curves.png", "candidate_histograms.png", "mined-0.png", "eval-2.png"):
+        assert name in report, f"{name} missing from the report"
 
     # Changing a merge parameter reruns merge and what depends on it, not the PA network nor the baseline.
     config["experiments"]["tiny"]["merge"]["top_k"] = 1

@@ -1,5 +1,6 @@
 # Config validation and every helper the rules use; rules themselves only wire files together.
 import re
+import types
 
 from snakemake.utils import validate
 
@@ -321,15 +322,98 @@ def all_rows():
 
 
 def all_targets():
-    """Rows gathered into the table, plus the pseudo-GT of experiments that stop there."""
+    """Rows gathered into the table, plus the pseudo-GT of experiments that stop there, plus the figures."""
     targets = []
     if all_rows():
-        targets += [f"{RESULTS}/{TABLE}.csv", f"{RESULTS}/{TABLE}.md"]
+        targets += [f"{RESULTS}/{TABLE}.csv", f"{RESULTS}/{TABLE}.md", f"{RESULTS}/{TABLE}.html"]
     for name in EXPERIMENTS:
         exp = config["experiments"][name]
         if exp["targets"] == "pseudo":
             targets.append(f"{RESULTS}/{name}/pseudo/pseudo_gt.json")
+        targets += figure_targets(name)
     return targets
+
+
+# ---- figures (`ggn plot`, `ggn visualize`) and the report ----
+NUM_PANEL_IMAGES = 3  # images of each kind (mined, evaluation) that `ggn visualize` draws per experiment
+
+
+def mining_source(name):
+    """The experiment whose extraction and pseudo-GT this row's pseudo-GT detectors use."""
+    exp = config["experiments"][name]
+    return exp.get("models_from") or exp.get("pseudo_from") or name
+
+
+def _pseudo_variants(name):
+    return [v for v in PSEUDO_FOLDERS if v in config["experiments"][name]["variants"]]
+
+
+def figure_targets(name):
+    """Curves and histograms of every table row with pseudo-GT; panels where the mined images are annotated."""
+    exp = config["experiments"][name]
+    if exp["targets"] != "table" or not _pseudo_variants(name):
+        return []
+    targets = [f"{RESULTS}/{name}/figures/ar_curves.png", f"{RESULTS}/{name}/figures/candidate_histograms.png"]
+    if "ggn" in exp["variants"] and "pseudo_data" not in config["experiments"][mining_source(name)]:
+        targets.append(f"{RESULTS}/{name}/figures/panels")
+    return targets
+
+
+def _source_shards(name, variant):
+    source = mining_source(name)
+    n = num_shards(source)
+    folder = "ranked" if config["experiments"][source]["rank"]["by"] == "oln" else "shards"
+    return [f"{RESULTS}/{source}/{PSEUDO_FOLDERS[variant]}/{folder}/{i}-of-{n}.parquet" for i in range(n)]
+
+
+def plot_inputs(wildcards):
+    inputs = {v: f"{RESULTS}/{wildcards.exp}/eval/{v}.json" for v in exp_variants(wildcards)}
+    for v in _pseudo_variants(wildcards.exp):
+        inputs[f"{v}_shards"] = _source_shards(wildcards.exp, v)
+    return inputs
+
+
+def plot_metric_flags(wildcards, input):
+    return " ".join(f"{v}={input[v]}" for v in exp_variants(wildcards))
+
+
+def plot_shard_flags(wildcards, input):
+    return " ".join(f"{v}=" + " ".join(input[f"{v}_shards"]) for v in _pseudo_variants(wildcards.exp))
+
+
+def visualize_inputs(wildcards):
+    source = mining_source(wildcards.exp)
+    mined = types.SimpleNamespace(exp=source)
+    inputs = {
+        "mined": _pseudo_images_list(source),
+        "full": train_source(mined),
+        "shards": _source_shards(wildcards.exp, "ggn"),
+        "pseudo": f"{RESULTS}/{source}/pseudo/pseudo_gt.json",
+        "checkpoint": pa_checkpoint(mined),
+        "eval": f"{RESULTS}/{wildcards.exp}/data/eval.json",
+    }
+    if "control" in experiment(wildcards)["variants"]:
+        inputs["control_shards"] = _source_shards(wildcards.exp, "control")
+        inputs["control_pseudo"] = f"{RESULTS}/{source}/pseudo_control/pseudo_gt.json"
+    for v in exp_variants(wildcards):
+        inputs[f"{v}_detections"] = f"{RESULTS}/{wildcards.exp}/detector/{v}/detections.json"
+    return inputs
+
+
+def visualize_flags(wildcards, input):
+    source = mining_source(wildcards.exp)
+    mined = types.SimpleNamespace(exp=source)
+    options = {
+        "images": train_images(mined), "mined": input.mined, "full_annotations": input.full,
+        "seen": config["experiments"][source]["seen"], "shards": list(input.shards), "pseudo_gt": input.pseudo,
+        "checkpoint": input.checkpoint, "input_size": config["experiments"][source]["extract"]["input_size"],
+        "eval": input.eval, "eval_images": eval_images(wildcards), "num_images": NUM_PANEL_IMAGES,
+    }
+    if "control_shards" in input.keys():
+        options["control_shards"] = list(input.control_shards)
+        options["control_pseudo_gt"] = input.control_pseudo
+    options["detections"] = [f"{v}={input[f'{v}_detections']}" for v in exp_variants(wildcards)]
+    return to_flags(options)
 
 
 def _job_request(wildcards, rule_name):

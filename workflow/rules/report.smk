@@ -46,6 +46,7 @@ rule table:
     output:
         csv=f"{RESULTS}/{TABLE}.csv",
         md=f"{RESULTS}/{TABLE}.md",
+        html=report(f"{RESULTS}/{TABLE}.html", caption="../report/table.rst", category="Table"),
     conda:
         "../envs/ggn.yaml"
     log:
@@ -55,4 +56,4 @@ rule table:
         mem_mb=job_resource("table", "mem_mb"),
         runtime=job_resource("table", "runtime"),
     shell:
-        "ggn table gather --rows {input.rows} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        "ggn table gather --rows {input.rows} --csv {output.csv} --md {output.md} --html {output.html} > {log} 2>&1"

@@ -1,0 +1,138 @@
+"""The GGN-OLN row (config/coco_voc_to_nonvoc_oln.yaml) and the ADE20K row (config/coco_to_ade20k.yaml) end to
+end on tiny fake trees of the real layouts (COCO 2017; ADE20K_2021_17_01 converted with `ggn convert-ade20k`).
+As in tests/test_paper_row.py, only folders, data paths and schedules (epochs, GPUs, workers, shards) are
+overridden: the recipes run as configured."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from test_convert_ade20k import fake_ade20k
+from test_paper_row import BIN, REPO, SNAKEMAKE, make_fake_coco, place_imagenet_weights
+
+SCHEDULE = {"epochs", "lr_steps", "warmup_iters", "gpus", "workers", "num_shards"}
+
+
+def _shrink(config: dict, results: Path, coco: Path, table: str) -> dict:
+    config["results"], config["table"] = str(results), table
+    for exp in config["experiments"].values():
+        data = exp["data"]
+        data["train_annotations"] = str(coco / "annotations" / "instances_train2017.json")
+        data["train_images"] = str(coco / "train2017")
+        if "coco" in data["eval_annotations"]:
+            data["eval_annotations"] = str(coco / "annotations" / "instances_val2017.json")
+            data["eval_images"] = str(coco / "val2017")
+        if "pa" in exp:
+            exp["pa"].update(epochs=1, lr_steps=[], warmup_iters=1, gpus=1, workers=0)
+        if "extract" in exp:
+            exp["extract"].update(num_shards=2)
+        if "detector" in exp:
+            exp["detector"].update(epochs=1, lr_steps=[], warmup_iters=1, gpus=1, workers=0)
+        exp["resources"] = {}
+    return config
+
+
+def _run(tmp_path: Path, config: dict, torch_home: Path) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", TORCH_HOME=str(torch_home))
+    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-p", "--configfile", str(cfg)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        results = Path(config["results"])
+        logs = "\n".join(f"== {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(results.glob("*/logs/*.log")))
+        pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n{logs}")
+    return proc
+
+
+def _unchanged_recipe(shipped: dict, ours: dict) -> None:
+    for name, exp in ours["experiments"].items():
+        for stage in ("pa", "extract", "merge", "rank", "detector", "predict"):
+            for key, value in (shipped["experiments"][name].get(stage) or {}).items():
+                if key not in SCHEDULE:
+                    assert exp[stage][key] == value, (name, stage, key)
+
+
+@pytest.mark.slow
+def test_oln_row_with_pseudo_oln_on_fake_coco(tmp_path, monkeypatch):
+    from ggn.io import load_checkpoint
+
+    torch_home = tmp_path / "torch"
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    place_imagenet_weights(torch_home)
+    coco = make_fake_coco(tmp_path / "coco")
+    shipped = yaml.safe_load((REPO / "config" / "coco_voc_to_nonvoc_oln.yaml").read_text())
+    config = _shrink(yaml.safe_load((REPO / "config" / "coco_voc_to_nonvoc_oln.yaml").read_text()),
+                     tmp_path / "results", coco, "table_oln_test")
+    _unchanged_recipe(shipped, config)
+    proc = _run(tmp_path, config, torch_home)
+    exp = tmp_path / "results" / "coco_voc_to_nonvoc_oln"
+
+    # Pseudo-OLN: every candidate extracted unsuppressed, re-ranked per shard by the baseline OLN detector.
+    out = proc.stdout + proc.stderr
+    extract_cmds = [line for line in out.splitlines() if "ggn extract" in line]
+    assert len(extract_cmds) == 2 and all("--top-k 0 --propose-params nms=0" in c for c in extract_cmds)
+    rank_cmds = [line for line in out.splitlines() if "ggn rank-oln" in line]
+    assert len(rank_cmds) == 2 and all("/detector/baseline/checkpoint.pt" in c for c in rank_cmds), rank_cmds
+    assert all("--nms 0.2 --top-k 20 --pa-weight 0.5" in c for c in rank_cmds)
+    for i in range(2):
+        meta = json.loads(pq.read_schema(exp / "pseudo" / "ranked" / f"{i}-of-2.parquet").metadata[b"ggn.shard"])
+        assert meta["ranked_by"]["method"] == "oln"
+    for variant in ("baseline", "ggn"):
+        ckpt = load_checkpoint(exp / "detector" / variant / "checkpoint.pt")
+        assert ckpt["config"]["kind"] == "oln" and ckpt["config"]["norm"] == "eval_bn"
+    row = json.loads((exp / "row.json").read_text())
+    assert row["detector"] == "oln" and row["ranking"] == "oln" and row["paper_metric"] == "box_AR@100"
+    assert row["paper_ggn_box_AR@100"] == 33.7
+    for variant in ("baseline", "ggn"):
+        for column in ("box_AR@100", "mask_AR@100"):
+            assert math.isfinite(row[f"{variant}_{column}"])
+    md = (tmp_path / "results" / "table_oln_test.md").read_text()
+    assert "OLN, Pseudo-OLN pseudo-GT" in md and "– → 33.7 (box AR@100)" in md
+
+
+@pytest.mark.slow
+def test_ade20k_row_evaluates_the_coco_models_on_converted_ade20k(tmp_path, monkeypatch):
+    torch_home = tmp_path / "torch"
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    place_imagenet_weights(torch_home)
+    coco = make_fake_coco(tmp_path / "coco")
+    ade_root = tmp_path / "ADE20K_2021_17_01"
+    fake_ade20k(ade_root)
+    ade_json = tmp_path / "ade" / "validation_instances.json"
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    conv = subprocess.run([str(BIN / "ggn"), "convert-ade20k", "--root", str(ade_root), "--split", "validation",
+                           "--out", str(ade_json)], env=env, capture_output=True, text=True)
+    assert conv.returncode == 0, conv.stderr[-3000:]
+
+    row_config = REPO / "config" / "coco_to_ade20k.yaml"
+    shipped = yaml.safe_load(row_config.read_text())
+    config = _shrink(yaml.safe_load(row_config.read_text()), tmp_path / "results", coco, "table_ade_test")
+    ade = config["experiments"]["coco_to_ade20k"]["data"]
+    ade["eval_annotations"] = str(ade_json)
+    ade["eval_images"] = str(ade_root / "images" / "ADE" / "validation")
+    _unchanged_recipe(shipped, config)
+    proc = _run(tmp_path, config, torch_home)
+    results = tmp_path / "results"
+
+    # The row trains nothing: it predicts with coco_all's detectors on ADE20K.
+    assert not (results / "coco_to_ade20k" / "pa").exists()
+    assert not (results / "coco_to_ade20k" / "pseudo").exists()
+    out = proc.stdout + proc.stderr
+    predicts = [line for line in out.splitlines() if "ggn predict" in line and "coco_to_ade20k" in line]
+    assert len(predicts) == 2 and all(f"{results}/coco_all/detector/" in c for c in predicts), predicts
+    ev = json.loads((results / "coco_to_ade20k" / "data" / "eval.json").read_text())
+    assert len(ev["annotations"]) == 5 and all(a["ignored_split"] == 0 for a in ev["annotations"])
+    rows = list((results).glob("*/row.json"))
+    assert [p.parent.name for p in rows] == ["coco_to_ade20k"]  # `run` builds the ADE20K row only
+    row = json.loads(rows[0].read_text())
+    for variant in ("baseline", "ggn"):
+        assert math.isfinite(row[f"{variant}_mask_AR@100"])
+    assert "| coco_to_ade20k |" in (results / "table_ade_test.md").read_text()
