@@ -5,6 +5,7 @@ import types
 from snakemake.utils import validate
 
 from ggn.recipe import stage_flags, to_flags  # the same flags `ggn recipe` and the parity test resolve
+from ggn.config_check import ConfigError, check_config
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -47,6 +48,20 @@ for _name in EXPERIMENTS:
             f"experiment {_name!r} needs a 'data' block (annotation files and image folders) "
             "or a 'synthetic' block; see config/README.md"
         )
+    if _exp["targets"] == "table" and "data" in _exp:
+        _missing = [k for k in ("eval_annotations", "eval_images") if k not in _exp["data"]]
+        if _missing:
+            raise ValueError(
+                f"experiment {_name!r}: a table row is evaluated; set data.{' and data.'.join(_missing)} "
+                "(or `targets: pseudo` for pseudo-GT only)"
+            )
+    if "pa_checkpoint" in _exp and "pa_from" in _exp:
+        raise ValueError(f"experiment {_name!r}: give pa_checkpoint (a file) or pa_from (an experiment), not both")
+# Before any job: stage options known to their step, data paths that exist, a writable results folder.
+try:
+    check_config(config, EXPERIMENTS)
+except ConfigError as _error:
+    raise ValueError(f"config: {_error}") from None
 
 
 wildcard_constraints:
@@ -72,6 +87,8 @@ def data_path(wildcards, key):
             "eval_annotations": f"{root}/annotations/instances_val.json",
             "eval_images": f"{root}/val",
         }[key]
+    if key.startswith("eval_") and key not in exp["data"]:  # `targets: pseudo` needs no evaluation set
+        return exp["data"][key.replace("eval_", "train_")]
     return exp["data"][key]
 
 
@@ -98,7 +115,13 @@ def synth_flags(wildcards):
 def split_flags(wildcards):
     exp = experiment(wildcards)
     return to_flags({"seen": exp["seen"], "unseen": exp["unseen"],
-                     "eval_seen": exp["eval_seen"], "eval_unseen": exp["eval_unseen"]})
+                     "eval_seen": exp["eval_seen"], "eval_unseen": exp["eval_unseen"],
+                     # pseudo-GT only: an evaluation set without unseen objects is no error (nothing is evaluated)
+                     "allow_no_unseen": True if exp["targets"] == "pseudo" else None})
+
+
+def seen_flags(wildcards):
+    return to_flags({"seen": experiment(wildcards)["seen"]})
 
 
 def pseudo_annotations(wildcards):
@@ -202,7 +225,10 @@ def detector_checkpoint(wildcards):
 
 
 def pa_checkpoint(wildcards):
-    return f"{RESULTS}/{pa_source(wildcards)}/pa/checkpoint.pt"
+    """The PA network extraction uses: the config's `pa_checkpoint` file (no PA training), else the pa/checkpoint.pt
+    of this experiment or of the one it takes its PA network from."""
+    source = pa_source(wildcards)
+    return config["experiments"][source].get("pa_checkpoint") or f"{RESULTS}/{source}/pa/checkpoint.pt"
 
 
 def pa_metrics(wildcards):
@@ -229,6 +255,8 @@ def _pseudo_images_list(name):
     exp = config["experiments"][name]
     if "pseudo_data" in exp:
         return exp["pseudo_data"].get("annotations") or f"{RESULTS}/{name}/data/pseudo_images.json"
+    if exp["targets"] == "pseudo":  # no detector: mine every training image, with a seen object or not
+        return f"{RESULTS}/{name}/data/mining.json"
     return f"{RESULTS}/{name}/data/train.json"
 
 

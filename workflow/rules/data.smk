@@ -57,3 +57,23 @@ rule list_images:
         runtime=job_resource("list_images", "runtime"),
     shell:
         "ggn list-images --root {params.root} --out {output.images} --workers {threads} > {log} 2>&1"
+
+
+rule mining_list:
+    # `targets: pseudo`: every training image, with a seen object or not, is mined for pseudo-GT.
+    input:
+        train=train_source,
+    output:
+        mining=f"{RESULTS}/{{exp}}/data/mining.json",
+    params:
+        flags=seen_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/mining_list.log",
+    threads: job_threads("split")
+    resources:
+        mem_mb=job_resource("split", "mem_mb"),
+        runtime=job_resource("split", "runtime"),
+    shell:
+        "ggn split --train-annotations {input.train} {params.flags} --mining-out {output.mining} > {log} 2>&1"

@@ -26,7 +26,7 @@ rule train_pa:
 
 rule eval_pa:
     input:
-        checkpoint=f"{RESULTS}/{{exp}}/pa/checkpoint.pt",
+        checkpoint=pa_checkpoint,
         eval=f"{RESULTS}/{{exp}}/data/eval.json",
     output:
         metrics=f"{RESULTS}/{{exp}}/pa/metrics.json",
