@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from pathlib import Path
 
 from ggn.io import InputError, atomic_write_json, atomic_write_text, read_json
@@ -60,11 +61,13 @@ def add_arguments(parser) -> None:
     gather.add_argument("--html", type=Path, help="also the Markdown tables as one HTML page (for `snakemake --report`)")
 
 
-def _metric(metrics: dict, path: Path, iou_type: str, name: str) -> float:
+def _metric(metrics: dict, path: Path, iou_type: str, name: str) -> float | None:
+    """The metric in percent; None when `ggn evaluate` wrote -1 (undefined: no unseen ground truth to recall)."""
     try:
-        return 100.0 * float(metrics[iou_type][name])
+        value = float(metrics[iou_type][name])
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{path} has no {iou_type} {name}; it must be the output of `ggn evaluate`") from None
+    return None if value < 0 or value != value else round(100.0 * value, 2)
 
 
 def make_row(experiment: str, baseline: Path | None, ggn: Path | None, pa: Path | None = None, training: str = "",
@@ -83,9 +86,14 @@ def make_row(experiment: str, baseline: Path | None, ggn: Path | None, pa: Path 
             continue  # rows without a control keep the columns they always had
         metrics = read_json(path, "metrics file") if path is not None else None
         for column, iou_type, name in METRICS:
-            row[f"{variant}_{column}"] = None if path is None else round(_metric(metrics, path, iou_type, name), 2)
-    row["gain_mask_AR@100"] = (None if baseline is None or ggn is None
+            row[f"{variant}_{column}"] = None if path is None else _metric(metrics, path, iou_type, name)
+            if path is not None and row[f"{variant}_{column}"] is None:
+                row.setdefault("undefined", []).append(f"{variant}_{column}")
+    row["gain_mask_AR@100"] = (None if row["baseline_mask_AR@100"] is None or row["ggn_mask_AR@100"] is None
                                else round(row["ggn_mask_AR@100"] - row["baseline_mask_AR@100"], 2))
+    if row.get("undefined"):
+        log.warning("row %s: %s undefined (the evaluation set has no unseen object of that kind)", experiment,
+                    ", ".join(row["undefined"]))
     row["paper_metric"] = paper_metric
     row[f"paper_baseline_{paper_metric}"] = paper_baseline
     row[f"paper_ggn_{paper_metric}"] = paper_ggn
@@ -120,6 +128,9 @@ def render_markdown(rows: list[dict]) -> str:
     def fmt(v):
         return "" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
+    def text(v):  # a `|` in a name would end the cell
+        return str(v).replace("|", "\\|")
+
     with_control = any("control_mask_AR@100" in r for r in rows)
     header = ["experiment", "training", "evaluation", "detector", "top-k",
               "box AR@10", "box AR@100", "mask AR@10", "mask AR@100", "gain (mask AR@100)", "paper (its metric)"]
@@ -129,7 +140,8 @@ def render_markdown(rows: list[dict]) -> str:
     for r in rows:
         def pair(c):
             variants = ("baseline", "control", "ggn") if with_control else ("baseline", "ggn")
-            return " → ".join(fmt(r.get(f"{v}_{c}")) or "–" for v in variants)
+            return " → ".join(("undef." if f"{v}_{c}" in r.get("undefined", ()) else fmt(r.get(f"{v}_{c}")) or "–")
+                              for v in variants)
 
         metric = r.get("paper_metric", "mask_AR@100")
         base, ggn = r.get(f"paper_baseline_{metric}"), r.get(f"paper_ggn_{metric}")
@@ -139,15 +151,18 @@ def render_markdown(rows: list[dict]) -> str:
         detector = {"maskrcnn": "Mask R-CNN", "oln": "OLN"}.get(r.get("detector", ""), r.get("detector", ""))
         if r.get("ranking") == "oln":
             detector += ", Pseudo-OLN pseudo-GT"
-        cells = [r["experiment"], r["training"], r["evaluation"], detector, fmt(r["top_k"]),
+        gain = r["gain_mask_AR@100"]
+        cells = [text(r["experiment"]), text(r["training"]), text(r["evaluation"]), text(detector), fmt(r["top_k"]),
                  pair("box_AR@10"), pair("box_AR@100"), pair("mask_AR@10"), pair("mask_AR@100"),
-                 "" if r["gain_mask_AR@100"] is None else f"{r['gain_mask_AR@100']:+.1f}", paper]
+                 ("undef." if {"baseline_mask_AR@100", "ggn_mask_AR@100"} & set(r.get("undefined", ())) else "") if gain is None else f"{gain:+.1f}", paper]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("AR in percent on unseen classes only (seen-class ground truth ignored), baseline → GGN "
                  "(detector trained on seen GT → seen GT + pseudo-GT). The paper's numbers are those of the "
                  "metric named beside them: mask AR@100 for the Mask R-CNN rows, box AR@100 for OLN, a box "
-                 "detector there (ours keeps a mask head so that both are reported).")
+                 "detector there (ours keeps a mask head so that both are reported)."
+                 + (" undef.: undefined, the evaluation set has no unseen object of that kind (COCOeval's -1)."
+                    if any(r.get("undefined") for r in rows) else ""))
     if with_control:
         lines.append("")
         lines.append("Control: the same grouping, merge and detector, with the affinity read off the image's colour "
@@ -165,7 +180,8 @@ def render_quality(rows: list[dict]) -> list[str]:
              "| experiment | affinity | recall top-1 | top-3 | top-20 | candidate AR box | candidate AR mask "
              "| pseudo-GT precision |", "|" + "---|" * 8]
     for r, v in sources:
-        cells = [r["experiment"], {"control": "image gradient (control)", "ggn": "PA network (GGN)"}[v]]
+        cells = [str(r["experiment"]).replace("|", "\\|"),
+                 {"control": "image gradient (control)", "ggn": "PA network (GGN)"}[v]]
         cells += ["" if r[f"{v}_{c}"] is None else f"{r[f'{v}_{c}']:.1f}" for c, _ in QUALITY]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Recall: unseen objects covered at mask IoU 0.5 by an image's top-k candidates; candidate AR: AR "
@@ -179,7 +195,8 @@ def render_html(markdown: str) -> str:
     import html
 
     def cells(line: str) -> list[str]:
-        return [html.escape(c.strip()).replace("`", "") for c in line.strip().strip("|").split("|")]
+        return [html.escape(c.strip().replace("\\|", "|")).replace("`", "")
+                for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
 
     out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>GGN results</title><style>",
            "body{font-family:sans-serif;font-size:14px;margin:1em} table{border-collapse:collapse;margin:1em 0}",

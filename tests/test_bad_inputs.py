@@ -312,6 +312,38 @@ def test_detections_for_another_evaluation_set_are_refused():
         evaluate(_coco([_ann(1)]), dets)
 
 
+def _metrics_file(path, ar100):
+    values = {"AR@10": ar100, "AR@100": ar100}
+    path.write_text(json.dumps({"bbox": values, "segm": values}))
+    return path
+
+
+def test_undefined_ar_reaches_the_table_as_undefined_not_minus_100(tmp_path):
+    from ggn.table import gather, make_row
+
+    row = make_row("no unseen", _metrics_file(tmp_path / "b.json", -1.0), _metrics_file(tmp_path / "g.json", 0.233))
+    assert row["baseline_mask_AR@100"] is None and row["ggn_mask_AR@100"] == 23.3
+    assert row["gain_mask_AR@100"] is None and "baseline_mask_AR@100" in row["undefined"]
+    (tmp_path / "row.json").write_text(json.dumps(row))
+    gather([tmp_path / "row.json"], tmp_path / "t.csv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| no unseen"))
+    assert "undef. → 23.3" in line and "-100" not in md and "+123" not in md and line.count("undef.") == 5
+
+
+def test_pipe_in_an_experiment_name_keeps_the_markdown_table_whole(tmp_path):
+    from ggn.table import render_html, render_markdown, make_row
+
+    row = make_row("a|b", _metrics_file(tmp_path / "b.json", 0.1), _metrics_file(tmp_path / "g.json", 0.2),
+                   training="VOC | COCO")
+    md = render_markdown([row])
+    header, _, line = md.splitlines()[:3]
+    assert line.startswith("| a\\|b | VOC \\| COCO |")
+    unescaped = lambda x: len(__import__("re").findall(r"(?<!\\)\|", x))  # noqa: E731
+    assert unescaped(line) == unescaped(header)
+    assert "<td>a|b</td>" in render_html(md)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Artefacts: checkpoints and shards
 
