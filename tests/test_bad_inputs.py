@@ -357,6 +357,18 @@ def _tiny_detector(path):
     return path
 
 
+def test_predict_skips_and_counts_missing_and_wrong_size_images(tmp_path):
+    ann, img_dir = make_tiny_coco(tmp_path, num_images=3, size=32)
+    Image.fromarray(np.zeros((20, 32, 3), np.uint8)).save(img_dir / "000002.png")
+    (img_dir / "000003.png").unlink()
+    det, out = _tiny_detector(tmp_path / "det.pt"), tmp_path / "dets.json"
+    assert cli_main(["predict", "--checkpoint", str(det), "--annotations", str(ann), "--images", str(img_dir),
+                     "--out", str(out), "--device", "cpu", "--max-detections", "5", "--rpn-proposals", "20"]) == 0
+    summary = json.loads((tmp_path / "dets.json.summary.json").read_text())
+    assert summary["images_processed"] == 1 and summary["images_skipped"] == 2 and set(summary["skipped"]) == {"2", "3"}
+    assert {d["image_id"] for d in json.loads(out.read_text())} <= {1}
+
+
 def test_checkpoint_of_another_network_says_what_it_holds(tmp_path, pa_ckpt):
     from ggn.detector.model import load_detector
     from ggn.pa.model import load_pa_model
