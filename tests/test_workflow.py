@@ -190,6 +190,26 @@ def test_bad_config_is_rejected_with_the_field(tmp_path):
     assert "top_k" in proc.stdout + proc.stderr
 
 
+def screenshot_report(report: Path, png: Path) -> None:
+    """Render the report in headless Chromium (Debian's `chromium`), when installed, and check the picture: the
+    report is a JavaScript page, so a broken one renders blank. Without Chromium this check is left out."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return  # apt-get install chromium to include this check (README: "Seeing the results")
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1280,900", "--virtual-time-budget=15000", f"--screenshot={png}",
+                    report.resolve().as_uri()], check=True, capture_output=True, timeout=300)
+    pixels = np.asarray(Image.open(png).convert("RGB")).astype(float)
+    assert pixels.shape == (900, 1280, 3)
+    # the navigation sidebar (dark) beside the workflow description (white): the app rendered
+    assert pixels[:, :200].mean() < 150 and pixels[:, 300:700].mean() > 200, "the report rendered blank"
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end_and_incremental(tmp_path):
     results = tmp_path / "results"
@@ -222,6 +242,7 @@ def test_tiny_pipeline_end_to_end_and_incremental(tmp_path):
     report = (tmp_path / "report.html").read_text()
     for name in ("table.html", "ar_curves.png", "candidate_histograms.png", "mined-0.png", "eval-2.png"):
         assert name in report, f"{name} missing from the report"
+    screenshot_report(tmp_path / "report.html", tmp_path / "report.png")
 
     # Changing a merge parameter reruns merge and what depends on it, not the PA network nor the baseline.
     config["experiments"]["tiny"]["merge"]["top_k"] = 1
