@@ -122,7 +122,7 @@ def test_imagenet_rows_end_to_end_on_fake_trees(tmp_path, monkeypatch):
                     assert exp[stage][key] == value, (name, stage, key)
 
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", TORCH_HOME=str(torch_home))
-    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-p", "--configfile", str(cfg)], cwd=REPO, env=env,
+    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-p", "--configfile", str(cfg), "-d", str(tmp_path)], cwd=REPO, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(results.glob("*/logs/*.log")))

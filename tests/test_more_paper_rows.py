@@ -43,7 +43,7 @@ def _run(tmp_path: Path, config: dict, torch_home: Path) -> subprocess.Completed
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", TORCH_HOME=str(torch_home))
-    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-p", "--configfile", str(cfg)], cwd=REPO, env=env,
+    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-p", "--configfile", str(cfg), "-d", str(tmp_path)], cwd=REPO, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         results = Path(config["results"])
