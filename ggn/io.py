@@ -228,3 +228,13 @@ def pick_device(name: str = "auto"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def load_state_into(model, state: dict, path, what: str) -> None:
+    """`model.load_state_dict(state)`, or an InputError naming the checkpoint when the tensors do not fit."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"{what} checkpoint {path}: its tensors do not fit the network its config describes "
+                         f"({str(e).strip().splitlines()[0]:.200}); it was edited or written by another version: "
+                         "train it again") from None

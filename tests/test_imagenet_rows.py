@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +18,10 @@ import yaml
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from test_paper_row import BIN, REPO, SNAKEMAKE, _jsonl, make_fake_coco, place_imagenet_weights
+from test_more_paper_rows import run_rows, unchanged_recipe
+from test_paper_row import REPO, _jsonl, make_fake_coco, place_imagenet_weights
 
 ROWS = REPO / "config" / "imagenet_to_uvo.yaml"
-SCHEDULE = {"epochs", "lr_steps", "warmup_iters", "gpus", "workers", "num_shards"}
 
 
 def make_fake_imagenet(root: Path, seed: int = 1) -> Path:
@@ -99,7 +97,6 @@ def rows_config(results: Path, coco: Path, imagenet: Path, uvo: Path) -> dict:
 
 @pytest.mark.slow
 def test_imagenet_rows_end_to_end_on_fake_trees(tmp_path, monkeypatch):
-    import torch
 
     from ggn.io import load_checkpoint
 
@@ -111,22 +108,8 @@ def test_imagenet_rows_end_to_end_on_fake_trees(tmp_path, monkeypatch):
     uvo = make_fake_uvo(tmp_path / "uvo")
     results = tmp_path / "results"
     config = rows_config(results, coco, imagenet, uvo)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-
-    shipped = yaml.safe_load(ROWS.read_text())["experiments"]
-    for name, exp in config["experiments"].items():
-        for stage in ("pa", "extract", "merge", "detector"):
-            for key, value in (shipped[name].get(stage) or {}).items():
-                if key not in SCHEDULE:
-                    assert exp[stage][key] == value, (name, stage, key)
-
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", TORCH_HOME=str(torch_home))
-    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-p", "--configfile", str(cfg), "-d", str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(results.glob("*/logs/*.log")))
-        pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n{logs}")
+    unchanged_recipe(yaml.safe_load(ROWS.read_text()), config)
+    proc = run_rows(tmp_path, config, torch_home)
 
     # One PA network (coco_to_uvo's) serves all three rows; the COCO pseudo-GT is mined once.
     assert (results / "coco_to_uvo" / "pa" / "checkpoint.pt").is_file()

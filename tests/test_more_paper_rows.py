@@ -39,20 +39,21 @@ def _shrink(config: dict, results: Path, coco: Path, table: str) -> dict:
     return config
 
 
-def _run(tmp_path: Path, config: dict, torch_home: Path) -> subprocess.CompletedProcess:
+def run_rows(tmp_path: Path, config: dict, torch_home: Path) -> subprocess.CompletedProcess:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", TORCH_HOME=str(torch_home))
-    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-p", "--configfile", str(cfg), "-d", str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-p", "--configfile", str(cfg), "-d", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         results = Path(config["results"])
-        logs = "\n".join(f"== {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(results.glob("*/logs/*.log")))
+        logs = "\n".join(f"== {p}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(results.glob("*/logs/*.log")))
         pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n{logs}")
     return proc
 
 
-def _unchanged_recipe(shipped: dict, ours: dict) -> None:
+def unchanged_recipe(shipped: dict, ours: dict) -> None:
     for name, exp in ours["experiments"].items():
         for stage in ("pa", "extract", "merge", "rank", "detector", "predict"):
             for key, value in (shipped["experiments"][name].get(stage) or {}).items():
@@ -71,8 +72,8 @@ def test_oln_row_with_pseudo_oln_on_fake_coco(tmp_path, monkeypatch):
     shipped = yaml.safe_load((REPO / "config" / "coco_voc_to_nonvoc_oln.yaml").read_text())
     config = _shrink(yaml.safe_load((REPO / "config" / "coco_voc_to_nonvoc_oln.yaml").read_text()),
                      tmp_path / "results", coco, "table_oln_test")
-    _unchanged_recipe(shipped, config)
-    proc = _run(tmp_path, config, torch_home)
+    unchanged_recipe(shipped, config)
+    proc = run_rows(tmp_path, config, torch_home)
     exp = tmp_path / "results" / "coco_voc_to_nonvoc_oln"
 
     # Pseudo-OLN: every candidate extracted unsuppressed, re-ranked per shard by the baseline OLN detector.
@@ -118,8 +119,8 @@ def test_ade20k_row_evaluates_the_coco_models_on_converted_ade20k(tmp_path, monk
     ade = config["experiments"]["coco_to_ade20k"]["data"]
     ade["eval_annotations"] = str(ade_json)
     ade["eval_images"] = str(ade_root / "images" / "ADE" / "validation")
-    _unchanged_recipe(shipped, config)
-    proc = _run(tmp_path, config, torch_home)
+    unchanged_recipe(shipped, config)
+    proc = run_rows(tmp_path, config, torch_home)
     results = tmp_path / "results"
 
     # The row trains nothing: it predicts with coco_all's detectors on ADE20K.

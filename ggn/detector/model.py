@@ -19,7 +19,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ggn.io import InputError, checkpoint_kind, load_checkpoint
+from ggn.io import InputError, checkpoint_kind, load_checkpoint, load_state_into
 from ggn.weights import load_pretrained_state
 
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}
@@ -274,10 +274,5 @@ def load_detector(path: str | Path, device: torch.device | str = "cpu",
     ckpt = load_checkpoint(path, expect="detector")
     config = LEGACY_CONFIG | dict(ckpt["config"]) | dict(overrides or {})
     model = build_detector(config)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise InputError(f"detector checkpoint {path}: its tensors do not fit the network its config describes "
-                         f"({str(e).strip().splitlines()[0]:.200}); it was edited or written by another version: "
-                         "train it again") from None
+    load_state_into(model, ckpt["model"], path, "detector")
     return model.to(device).eval(), config

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from ggn.io import InputError, checkpoint_kind, load_checkpoint
+from ggn.io import InputError, checkpoint_kind, load_checkpoint, load_state_into
 from ggn.weights import load_pretrained_state
 
 log = logging.getLogger(__name__)
@@ -192,12 +192,7 @@ def load_pa_model(path: str | Path, device: torch.device | str = "cpu") -> tuple
     ckpt = load_checkpoint(path, expect="pa")
     config = dict(ckpt["config"])
     model = build_pa_model(config)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise InputError(f"PA checkpoint {path}: its tensors do not fit the network its config describes "
-                         f"({str(e).strip().splitlines()[0]:.200}); it was edited or written by another version: "
-                         "train it again") from None
+    load_state_into(model, ckpt["model"], path, "PA")
     return model.to(device).eval(), config
 
 
