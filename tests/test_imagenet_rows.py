@@ -97,7 +97,6 @@ def rows_config(results: Path, coco: Path, imagenet: Path, uvo: Path) -> dict:
 
 @pytest.mark.slow
 def test_imagenet_rows_end_to_end_on_fake_trees(tmp_path, monkeypatch):
-
     from ggn.io import load_checkpoint
 
     torch_home = tmp_path / "torch"
