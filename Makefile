@@ -12,10 +12,14 @@ SNAKEMAKE_PROFILES ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 
 install: $(STAMP)
 
-# torch/torchvision are pinned exactly in pyproject.toml; pip takes them from the local wheel store.
+# torch/torchvision are pinned exactly in pyproject.toml. PyPI's build is for CUDA 13 (sm_75 and newer, driver
+# >= 580); for V100s (sm_70) or older drivers take the same versions built for CUDA 12.6:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cu126
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml setup.py pa_lib/_kernels.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1 --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
 

@@ -132,9 +132,9 @@ def test_job_resources_follow_the_experiment(tmp_path):
     assert jobs["tiny/pseudo/shards/0-of-2.parquet"] == jobs["tiny/pseudo/shards/1-of-2.parquet"] == {
         "threads": "3", "mem_mb": "1234", "runtime": "7", "gpu": "1"}
     assert jobs["tiny/pa/checkpoint.pt"] == {"threads": "2", "mem_mb": "2000", "runtime": "15", "gpu": "1", "nodes": "1"}
-    for variant in ("baseline", "ggn"):  # the schema's default
+    for variant in ("baseline", "ggn"):  # the schema's default (40 threads, capped at --cores 8 here)
         assert jobs[f"tiny/detector/{variant}/checkpoint.pt"] == {
-            "threads": "1", "mem_mb": "32000", "runtime": "4320", "gpu": "1", "nodes": "1"}
+            "threads": "8", "mem_mb": "32000", "runtime": "4320", "gpu": "1", "nodes": "1"}
     assert jobs["tiny/pseudo/pseudo_gt.json"] == {"threads": "1", "mem_mb": "4321", "runtime": "15"}
     assert jobs["table.csv"] == {"threads": "1", "mem_mb": "2000", "runtime": "15"}
 

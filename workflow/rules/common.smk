@@ -469,3 +469,9 @@ def job_resource(rule_name, key):
         return _job_request(wildcards, rule_name)[key]
 
     return value
+
+
+def loaders_per_process(threads, gpus):
+    """Data-loading processes per training process: the job's cores shared by its `gpus` processes, one core
+    each kept for the process itself (a config's `workers` overrides it)."""
+    return max(1, int(threads) // max(1, int(gpus)) - 1)

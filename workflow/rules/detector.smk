@@ -11,6 +11,7 @@ rule train_detector:
         images=detector_images,
         variant=trainer_variant,
         flags=detector_flags,
+        loaders=lambda wildcards, threads: loaders_per_process(threads, detector_gpus(wildcards)),
     conda:
         "../envs/ggn.yaml"
     log:
@@ -23,7 +24,8 @@ rule train_detector:
         runtime=job_resource("train_detector", "runtime"),
     shell:
         "OMP_NUM_THREADS={threads} ggn train-detector --variant {params.variant} --train-json {input.train}"
-        " --images {params.images} --out {output.checkpoint} --threads {threads} {params.flags} > {log} 2>&1"
+        " --images {params.images} --out {output.checkpoint} --threads {threads} --workers {params.loaders}"
+        " {params.flags} > {log} 2>&1"
 
 
 rule predict:

@@ -9,6 +9,7 @@ rule train_pa:
     params:
         images=train_images,
         flags=pa_flags,
+        loaders=lambda wildcards, threads: loaders_per_process(threads, pa_gpus(wildcards)),
     conda:
         "../envs/ggn.yaml"
     log:
@@ -21,7 +22,7 @@ rule train_pa:
         runtime=job_resource("train_pa", "runtime"),
     shell:
         "OMP_NUM_THREADS={threads} ggn train-pa --train-json {input.train} --images {params.images}"
-        " --out {output.checkpoint} --threads {threads} {params.flags} > {log} 2>&1"
+        " --out {output.checkpoint} --threads {threads} --workers {params.loaders} {params.flags} > {log} 2>&1"
 
 
 rule eval_pa:

@@ -25,7 +25,7 @@ rule extract:
     shell:
         "OMP_NUM_THREADS={threads} ggn extract {params.affinity} --annotations {input.images_list}"
         " --images {params.images} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
-        " --out {output.shard} {params.flags} > {log} 2>&1"
+        " --out {output.shard} --workers {threads} {params.flags} > {log} 2>&1"
 
 
 rule rank_oln:
