@@ -119,8 +119,9 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=1000
-# Finished jobs stay visible to 'squeue --states=all' this long (the snakemake status check uses it).
-MinJobAge=900
+# Finished jobs stay visible to squeue and scontrol this long: the snakemake status check uses them, and
+# tests/test_slurm.py reads the records of every job of a run at its end (on a busy machine, a long one).
+MinJobAge=3600
 ReturnToService=2
 SlurmdParameters=config_overrides
 StateSaveLocation=/var/spool/slurmctld
