@@ -9,8 +9,10 @@ training, a detector checkpoint after every batch):
 3. After `merge.top_k` changes, only merge, the ggn detector, its predictions, evaluation, row and table run.
 4. Preemption: an extraction shard and a detector training are cancelled with scancel mid-way; Snakemake
    reports them and resubmits them (the profile's retries), and they finish from their flushed parts and
-   mid-epoch checkpoint, identical to the uninterrupted run of phase 1. The kill points are exact, not timed:
-   one training image is replaced by a FIFO, on which both jobs block once they reach it.
+   mid-epoch checkpoint, identical to the uninterrupted run of phase 1. The shard's kill point is exact: its
+   second image is a FIFO, on which the job blocks after flushing the first. The detector (which checks every
+   image before training) is cancelled when its first mid-epoch state appears (batch size 1: a dozen batches
+   an epoch).
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ import pytest
 import torch
 import yaml
 
-from ggn.detector.train import epoch_order
 from ggn.io import load_checkpoint
 from test_workflow import tiny_config
 
@@ -38,7 +39,16 @@ BIN = Path(sys.executable).parent
 UP_HINT = "run .ci/slurm-up.sh (as root) to start a one-node Slurm cluster on this machine"
 EXP = "ci"
 SHARDS = 3
-GPU_RULES = {"train_pa", "eval_pa", "extract", "train_detector", "predict"}
+PROFILE = REPO / "profiles" / "slurm"
+# The rules the profile sends to the GPU partition (the rules that ask for GPUs).
+GPU_RULES = {rule for rule, values in yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"].items()
+             if values.get("slurm_partition") == "gpu"}
+# The table's DAG: jobs per rule (the workflow may hold more rules, e.g. quality reports; the test takes
+# Snakemake's own plan as the list of jobs that must each be one sbatch job)
+CORE = {"synth": 1, "split": 1, "train_pa": 1, "eval_pa": 1, "extract": SHARDS, "merge": 1, "train_detector": 2,
+        "predict": 2, "evaluate": 2, "row": 1, "table": 1}
+# after a change of merge.top_k
+RERUN = {"merge": 1, "train_detector": 1, "predict": 1, "evaluate": 1, "row": 1, "table": 1}
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -70,7 +80,7 @@ def slurm_config() -> dict:
     exp["synthetic"]["num_train"] = 15  # 5 images per shard, so that a shard can be stopped mid-way
     exp["extract"] |= {"num_shards": SHARDS, "flush_every": 1}
     exp["pa"]["gpus"] = 2  # one job asking Slurm for 2 GPUs, training as 2 (gloo) processes
-    exp["detector"]["checkpoint_minutes"] = 1e-5  # a resumable state after every batch
+    exp["detector"] |= {"batch_size": 1, "checkpoint_minutes": 1e-5}  # a resumable state after every batch
     config["experiments"][EXP] = exp
     return config
 
@@ -81,10 +91,17 @@ def _env() -> dict:
     return env
 
 
+def _snakefile(work: Path) -> str:
+    """The snapshot of the workflow taken at the start of the test (a run spans minutes; edits made to the
+    checkout meanwhile must not change its rules halfway)."""
+    return str(work.parent / "workflow" / "Snakefile")
+
+
 def _snakemake_cmd(work: Path, cfg: Path, *args: str, limit_s: int) -> list[str]:
-    # Snakemake ignores SIGTERM while it waits on Slurm: `timeout -k` makes sure it ends.
+    # Snakemake ignores SIGTERM while it waits on Slurm: `timeout -k` makes sure it ends. The limits are hang
+    # guards, far above the run times on an idle 2-core machine (phase 1 takes about 3 minutes).
     return ["timeout", "-k", "20", str(limit_s), str(BIN / "snakemake"), *args,
-            "--snakefile", str(REPO / "workflow" / "Snakefile"), "--profile", str(REPO / "profiles" / "slurm"),
+            "--snakefile", _snakefile(work), "--profile", str(PROFILE),
             "--directory", str(work), "--configfile", str(cfg),
             # The CI cluster has no accounting database, so sacct cannot see jobs; squeue can.
             "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
@@ -98,7 +115,7 @@ def _cancel_run(out: str) -> None:
 
 
 def _finish(proc: subprocess.Popen | subprocess.CompletedProcess, out: str, what: str) -> str:
-    if proc.returncode in (124, 137):
+    if proc.returncode in (124, 137, -9):  # `timeout` ends with the KILL it sends after -k
         _cancel_run(out)
         pytest.fail(f"{what} ran past its time limit:\n{out}")
     assert proc.returncode == 0, f"{what} failed:\n{out}"
@@ -109,6 +126,17 @@ def _slurm(work: Path, cfg: Path, *args: str, limit_s: int) -> str:
     proc = subprocess.run(_snakemake_cmd(work, cfg, *args, limit_s=limit_s), cwd=work, env=_env(),
                           capture_output=True, text=True)
     return _finish(proc, proc.stdout + proc.stderr, f"snakemake {' '.join(args)} --profile profiles/slurm")
+
+
+def _plan(work: Path, cfg: Path) -> Counter:
+    """Jobs per rule that `all` needs now (a dry run's job stats, without `all` itself)."""
+    proc = subprocess.run([str(BIN / "snakemake"), "-n", "all", "--snakefile", _snakefile(work),
+                           "--directory", str(work), "--configfile", str(cfg)],
+                          cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stats = proc.stdout.split("Job stats:", 1)[1].split("total", 1)[0] if "Job stats:" in proc.stdout else ""
+    rows = [line.split() for line in stats.splitlines()[3:] if line.strip()]
+    return Counter({rule: int(count) for rule, count in rows if rule != "all"})
 
 
 def _submissions(out: str, work: Path) -> list[tuple[str, str, str]]:
@@ -122,7 +150,7 @@ def _submissions(out: str, work: Path) -> list[tuple[str, str, str]]:
 
 
 def _job_records(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """Slurm's record of each job (finished ones stay for MinJobAge, 900 s in slurm-up.sh)."""
+    """Slurm's record of each job (finished ones stay for MinJobAge, 3600 s in slurm-up.sh)."""
     records = {}
     for job_id in job_ids:
         proc = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=15)
@@ -148,29 +176,30 @@ def test_whole_dag_reruns_and_preemption_through_slurm(tmp_path):
     work, local = tmp_path / "slurm", tmp_path / "local"
     work.mkdir()
     local.mkdir()
+    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
 
     # --- 1. the whole DAG, every rule one sbatch job; a local run of the same config alongside -------------
-    local_run = subprocess.Popen(["timeout", "-k", "20", "900", str(BIN / "snakemake"), "--cores", "2",
-                                  "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(local),
+    plan = _plan(work, cfg)
+    assert {rule: plan[rule] for rule in CORE} == CORE, plan
+    local_run = subprocess.Popen(["timeout", "-k", "20", "1800", str(BIN / "snakemake"), "--cores", "2",
+                                  "--snakefile", _snakefile(work), "--directory", str(local),
                                   "--configfile", str(cfg)],
                                  cwd=local, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        out = _slurm(work, cfg, "all", limit_s=900)
+        out = _slurm(work, cfg, "all", limit_s=1800)
     finally:
         local_out = local_run.communicate()[0]
     _finish(local_run, local_out, "the local run (snakemake --cores 2)")
 
     jobs = _submissions(out, work)
-    assert Counter(rule for _, rule, _ in jobs) == {
-        "synth": 1, "split": 1, "train_pa": 1, "eval_pa": 1, "extract": SHARDS, "merge": 1, "train_detector": 2,
-        "predict": 2, "evaluate": 2, "row": 1, "table": 1}, out
+    assert Counter(rule for _, rule, _ in jobs) == plan, out
     records = _job_records([job_id for job_id, _, _ in jobs])
     for job_id, rule, wildcards in jobs:
         rec, want = records[job_id], exp["resources"][rule]
         where = f"job {job_id} ({rule} {wildcards}): {rec}"
         assert rec["JobState"] == "COMPLETED", where
         assert rec["Partition"] == ("gpu" if rule in GPU_RULES else "cpu"), where
-        gpus = exp["pa"]["gpus"] if rule == "train_pa" else 1
+        gpus = {"train_pa": exp["pa"]["gpus"], "train_detector": exp["detector"].get("gpus", 1)}.get(rule, 1)
         assert rec.get("TresPerJob") == (f"gres:gpu:{gpus}" if rule in GPU_RULES else None), where
         # what the experiment's `resources` block asks for, as Slurm recorded it
         assert (rec["NumCPUs"], rec["MinMemoryNode"], rec["TimeLimit"]) == (
@@ -195,71 +224,77 @@ def test_whole_dag_reruns_and_preemption_through_slurm(tmp_path):
     # --- 3. a merge option changed: merge and what depends on it, nothing else ----------------------------
     exp["merge"]["top_k"] = 1
     cfg.write_text(yaml.safe_dump(config))
-    out = _slurm(work, cfg, "all", limit_s=600)
+    plan = _plan(work, cfg)
+    assert {rule: plan[rule] for rule in CORE} == {rule: RERUN.get(rule, 0) for rule in CORE}, plan
+    out = _slurm(work, cfg, "all", limit_s=1200)
     jobs = _submissions(out, work)
-    assert Counter(rule for _, rule, _ in jobs) == {
-        "merge": 1, "train_detector": 1, "predict": 1, "evaluate": 1, "row": 1, "table": 1}, out
+    assert Counter(rule for _, rule, _ in jobs) == plan, out
     assert all("ggn" in wildcards for _, rule, wildcards in jobs if rule in ("train_detector", "predict", "evaluate"))
     assert all(rec["JobState"] == "COMPLETED" for rec in _job_records([j for j, _, _ in jobs]).values())
     assert json.loads((work / f"results/{EXP}/row.json").read_text())["top_k"] == 1
 
-    # --- 4. preemption of an extraction shard and a detector training ------------------------------------
+    # --- 4. preemption: an extraction shard, then a detector training, cancelled mid-way -------------------
     shard = work / f"results/{EXP}/pseudo/shards/0-of-{SHARDS}.parquet"
     detector = work / f"results/{EXP}/detector/baseline/checkpoint.pt"
     reference_rows, reference_model = pq.read_table(shard), load_checkpoint(detector)["model"]
+
+    # 4a. The shard's second image is a FIFO: the job flushes its first image as a part, then blocks for good.
     ids, files = _train_images(work)
     shard_ids = ids[0::SHARDS]  # ggn extract: position k of the id-sorted list goes to shard k % num_shards
-    batch = exp["detector"]["batch_size"]
-    iters = len(ids) // batch
-    order = epoch_order(len(ids), 0, 0)  # the detector's first epoch (seed 0), dataset index = id rank
-    position = {ids[index]: p for p, index in enumerate(order[:iters * batch])}
-    # an image both jobs reach after some work: not the shard's first, not in the detector's first batch
-    blocked = next((i for i in shard_ids[1:] if position.get(i, -1) >= batch), None)
-    assert blocked is not None, f"no image of shard 0 {shard_ids} lies past the first batch of {order}"
-    parts_done, batches_done = shard_ids.index(blocked), position[blocked] // batch
-    shutil.rmtree(detector.parent / "epochs")  # else the forced run would resume past the end
-    image = files[blocked].read_bytes()
-    files[blocked].unlink()
-    os.mkfifo(files[blocked])
-
-    log_file = tmp_path / "preempted.log"
-    with open(log_file, "w") as sink:
-        targets = [str(path.relative_to(work)) for path in (shard, detector)]  # as the config's results path
-        run = subprocess.Popen(_snakemake_cmd(work, cfg, *targets, "--forcerun", "extract", "train_detector",
-                                              limit_s=600),
-                               cwd=work, env=_env(), stdout=sink, stderr=subprocess.STDOUT)
+    blocked = files[shard_ids[1]]
+    image = blocked.read_bytes()
+    blocked.unlink()
+    os.mkfifo(blocked)
     parts = shard.with_name(shard.name + ".parts")
-    mid_epoch = detector.parent / "epochs" / "mid_epoch.pt"
     try:
-        # both jobs now run until they block on the FIFO: then the shard has flushed `parts_done` parts and
-        # the detector saved its state after `batches_done` batches, and neither can go further
-        while not (len(list(parts.glob("part-*.parquet"))) == parts_done and mid_epoch.is_file()
-                   and load_checkpoint(mid_epoch)["batches_done"] == batches_done):
-            assert run.poll() is None, f"snakemake ended before the jobs blocked:\n{log_file.read_text()}"
-            time.sleep(0.5)
-        running = {rule: job_id for job_id, rule, _ in _submissions(log_file.read_text(), work)}
-        subprocess.run(["scancel", running["extract"], running["train_detector"]], check=True, timeout=15)
+        out = _preempt(work, cfg, shard, "extract", tmp_path / "extract.log",
+                       stopped=lambda: len(list(parts.glob("part-*.parquet"))) == 1,
+                       resume=lambda: (blocked.unlink(), blocked.write_bytes(image)))
     finally:
-        files[blocked].unlink()
-        files[blocked].write_bytes(image)
-    run.wait()
-    out = _finish(run, log_file.read_text(), "the preempted run")
-
-    for rule in ("extract", "train_detector"):  # reported, then resubmitted (the profile's `retries`)
-        assert f"SLURM-job '{running[rule]}' failed, SLURM status is: 'CANCELLED'" in out, out
-    jobs = _submissions(out, work)
-    assert Counter(rule for _, rule, _ in jobs) == {"extract": 2, "train_detector": 2}, out
-    records = _job_records([job_id for job_id, _, _ in jobs])
-    assert sorted(rec["JobState"] for rec in records.values()) == ["CANCELLED"] * 2 + ["COMPLETED"] * 2
-
+        if not blocked.is_file():
+            blocked.unlink(missing_ok=True)
+            blocked.write_bytes(image)
     extract_log = (work / f"results/{EXP}/logs/extract-0-of-{SHARDS}.log").read_text()
-    assert f"resuming shard 0/{SHARDS}: {parts_done} of {len(shard_ids)} images already done" in extract_log
+    assert f"resuming shard 0/{SHARDS}: 1 of {len(shard_ids)} images already done" in extract_log, extract_log
     rows = pq.read_table(shard)
     assert rows.equals(reference_rows), "the resumed shard differs from the uninterrupted one"
     pairs = list(zip(rows["image_id"].to_pylist(), rows["rank"].to_pylist()))
     assert len(pairs) == len(set(pairs))  # no image's candidates written twice
+
+    # 4b. The detector is cancelled as soon as it has saved its first mid-epoch state (one batch in: the epoch
+    # has len(ids) of them), so that the resubmitted job continues mid-epoch.
+    epochs = detector.parent / "epochs"
+    shutil.rmtree(epochs)  # else the forced run would resume past the end
+    out = _preempt(work, cfg, detector, "train_detector", tmp_path / "detector.log",
+                   stopped=lambda: (epochs / "mid_epoch.pt").is_file(), resume=lambda: None)
     detector_log = (work / f"results/{EXP}/logs/train_detector-baseline.log").read_text()
-    assert f"in epoch 1 after its first {batches_done} of {iters} batches" in detector_log, detector_log
+    resumed = re.search(r"resuming from \S+mid_epoch.pt in epoch 1 after its first (\d+) of (\d+) batches",
+                        detector_log)
+    assert resumed and int(resumed[2]) == len(ids) // exp["detector"]["batch_size"], detector_log
     model = load_checkpoint(detector)["model"]
     assert model.keys() == reference_model.keys()
     assert all(torch.equal(model[k], reference_model[k]) for k in model), "the resumed detector differs"
+
+
+def _preempt(work: Path, cfg: Path, target: Path, rule: str, log_file: Path, stopped, resume) -> str:
+    """Run `rule` for `target` afresh through Slurm; once `stopped()`, scancel its job and call `resume()`.
+    Snakemake must report the cancelled job and resubmit it (the profile's `retries`), and the new job must
+    finish; returns Snakemake's output."""
+    with open(log_file, "w") as sink:
+        run = subprocess.Popen(_snakemake_cmd(work, cfg, str(target.relative_to(work)), "--forcerun", rule,
+                                              limit_s=1200),
+                               cwd=work, env=_env(), stdout=sink, stderr=subprocess.STDOUT)
+    while not stopped():
+        assert run.poll() is None, f"snakemake ended before the {rule} job was stopped:\n{log_file.read_text()}"
+        time.sleep(0.05)
+    (job_id, _, _), = _submissions(log_file.read_text(), work)
+    subprocess.run(["scancel", job_id], check=True, timeout=15)
+    resume()
+    run.wait()
+    out = _finish(run, log_file.read_text(), f"the preempted {rule} run")
+    assert f"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'" in out, out
+    jobs = _submissions(out, work)
+    assert [rule_ for _, rule_, _ in jobs] == [rule, rule], out
+    records = _job_records([j for j, _, _ in jobs])
+    assert [records[j]["JobState"] for j, _, _ in jobs] == ["CANCELLED", "COMPLETED"], records
+    return out
