@@ -27,12 +27,11 @@ class CocoInstances(torch.utils.data.Dataset):
     """Yields (image uint8 tensor [3,H,W], target) with target = masks bool [N,H,W], boxes xyxy float [N,4],
     labels int64 [N] (all 1: class-agnostic), iscrowd bool [N], image_id int.
 
-    `extra_annotations` (e.g. pseudo-GT) are appended to the file's own per image; crowd regions are
+    `add_annotations` appends others (e.g. pseudo-GT) to the file's own per image; crowd regions are
     returned with iscrowd=True so that consumers can ignore them rather than learn them as background.
     """
 
-    def __init__(self, ann_file: str | Path, image_root: str | Path,
-                 extra_annotations: Iterable[dict] | None = None, image_ids: list[int] | None = None,
+    def __init__(self, ann_file: str | Path, image_root: str | Path, image_ids: list[int] | None = None,
                  with_annotations: bool = True):
         """`with_annotations=False` uses the file's image list only (its annotations, if any, are ignored):
         training on pseudo-GT alone, e.g. ImageNet images listed by `ggn list-images`."""
@@ -41,12 +40,14 @@ class CocoInstances(torch.utils.data.Dataset):
         coco, _ = load_coco(self.ann_file, "annotation file", annotations=with_annotations, categories=False)
         self.images = {img["id"]: img for img in coco["images"]}
         self.anns = index_annotations(coco["annotations"] if with_annotations else [])
-        if extra_annotations is not None:
-            for ann in extra_annotations:
-                self.anns[ann["image_id"]].append(ann)
         self.ids = list(image_ids) if image_ids is not None else sorted(self.images)
         if not self.image_root.is_dir():
             raise InputError(f"image folder {self.image_root} does not exist (images of {self.ann_file})")
+
+    def add_annotations(self, annotations: Iterable[dict]) -> None:
+        """Append `annotations` (e.g. pseudo-GT) to the file's own, per image."""
+        for ann in annotations:
+            self.anns[ann["image_id"]].append(ann)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -43,6 +43,7 @@ from torchvision.ops import box_iou
 
 from ggn.extract import META_SHARD, SHARD_SCHEMA, ShardParts, _load_coco, _read, _sha256, summary_path_for
 from ggn.io import InputError, atomic_write_json
+from ggn.merge import _open_shard
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,8 @@ def mask_nms(rles: list[dict], scores: np.ndarray, iou_threshold: float, top_k: 
     return np.asarray(kept, dtype=np.int64)
 
 
-def iter_images(path: Path, batch_rows: int = 8192) -> Iterator[tuple[int, pa.Table]]:
+def iter_images(pf: pq.ParquetFile, path: Path, batch_rows: int = 8192) -> Iterator[tuple[int, pa.Table]]:
     """(image_id, its rows) of a shard, streaming; an image's rows are contiguous (the extraction contract)."""
-    pf = pq.ParquetFile(path)
     carry: pa.Table | None = None
     seen: set[int] = set()
     for batch in pf.iter_batches(batch_size=batch_rows, columns=SHARD_SCHEMA.names):
@@ -154,12 +154,8 @@ def rank_shard(shard: str | Path, checkpoint: str | Path, annotations: str | Pat
         return json.loads(summary.read_text()) if summary.is_file() else {}
     if top_k < 1 or flush_every < 1:
         raise InputError("--top-k and --flush-every must be >= 1")
-    if not shard.is_file():
-        raise InputError(f"shard {shard} does not exist; run `ggn extract` for it first")
-    try:
-        shard_meta_raw = (pq.read_schema(shard).metadata or {}).get(META_SHARD)
-    except Exception as e:
-        raise InputError(f"shard {shard} is not a readable parquet file ({e}); extract it again") from None
+    shard_file = _open_shard(shard)  # exists, readable, extract's columns
+    shard_meta_raw = (shard_file.schema_arrow.metadata or {}).get(META_SHARD)
     if not checkpoint.is_file():
         raise InputError(f"OLN checkpoint {checkpoint} does not exist; train the row's baseline with "
                          "`ggn train-detector --kind oln` first")
@@ -180,8 +176,7 @@ def rank_shard(shard: str | Path, checkpoint: str | Path, annotations: str | Pat
         raise InputError(f"{checkpoint} is a {config.get('kind', 'maskrcnn')!r} detector; Pseudo-OLN ranking needs "
                          "an OLN one (the row's baseline trained with detector.kind: oln)")
 
-    total = pq.ParquetFile(shard).metadata.num_rows
-    bar = tqdm(total=total, unit="cand", desc=f"rank-oln {shard.name}", dynamic_ncols=True)
+    bar = tqdm(total=shard_file.metadata.num_rows, unit="cand", desc=f"rank-oln {shard.name}", dynamic_ncols=True)
     pending: list[dict[str, list]] = []
     pending_ids: list[int] = []
     pending_skipped: dict[int, str] = {}
@@ -196,7 +191,7 @@ def rank_shard(shard: str | Path, checkpoint: str | Path, annotations: str | Pat
         parts.write(rows, pending_ids, pending_skipped, time.perf_counter() - started)
         pending, pending_ids, pending_skipped, started = [], [], {}, time.perf_counter()
 
-    for image_id, rows in iter_images(shard):
+    for image_id, rows in iter_images(shard_file, shard):
         bar.update(rows.num_rows)
         candidates_in += rows.num_rows
         if image_id in parts.done:

@@ -32,6 +32,14 @@ STAGES = {
 }
 
 
+def grouping_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The `pa_lib.propose` settings a parsed `ggn extract` runs with: its grouping's, then --propose-params."""
+    import pa_lib
+    from ggn.extract import parse_propose_params
+
+    return {**pa_lib.GROUPINGS[args.grouping], **parse_propose_params(args.propose_params)}
+
+
 def unsuppressed_extract_flags() -> str:
     """What Pseudo-OLN adds to extraction: every candidate, none suppressed (the ranker re-scores them first)."""
     return "--top-k 0 --propose-params nms=0"
@@ -48,11 +56,8 @@ def stage_flags(exp: dict, block: str) -> str:
     if block == "extract":
         return f"{extract} {unsuppressed_extract_flags()}" if oln else extract
     if block == "rank":
-        import pa_lib
-        from ggn.extract import parse_propose_params
-
         args = parse_step("extract", STAGES["extract"][1] + shlex.split(extract))
-        nms = {**pa_lib.GROUPINGS[args.grouping], **parse_propose_params(args.propose_params)}["nms"] or 0
+        nms = grouping_settings(args)["nms"] or 0
         rank = {k: v for k, v in (exp.get("rank") or {}).items() if k != "by"}
         return to_flags({"nms": nms, "top_k": args.top_k, **rank})
     raise ValueError(f"no derived flags for stage {block!r}")
@@ -101,7 +106,6 @@ def parse_step(step: str, argv: list[str]) -> argparse.Namespace:
 
 def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
     """{block: options} as each stage receives them, plus what the stage derives from them at run time."""
-    import pa_lib
     from ggn.detector.train import resolve_freezing
     from ggn.dist import effective_lr
 
@@ -129,9 +133,7 @@ def resolve_experiment(exp: dict) -> dict[str, dict[str, Any]]:
                            total_batch=args.batch_size * args.gpus,
                            effective_lr=effective_lr(args.lr, args.batch_size, args.gpus, args.lr_batch))
         elif block == "extract":
-            from ggn.extract import parse_propose_params
-
-            options["propose"] = {**pa_lib.GROUPINGS[args.grouping], **parse_propose_params(args.propose_params)}
+            options["propose"] = grouping_settings(args)
             options["num_shards"] = (exp.get("extract") or {}).get("num_shards", 1)  # the rule's shard count
         elif block == "merge":
             options["store"] = bool((exp.get("merge") or {}).get("store", False))  # the rule's --store

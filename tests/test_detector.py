@@ -338,3 +338,23 @@ def test_mask_branch_runs_in_chunks_at_inference_with_the_same_outputs():
     assert chunked.shape[0] == len(x) and torch.allclose(chunked, whole, atol=1e-5)
     model.train()
     assert head(x[:3]).shape[0] == 3  # training passes straight through
+
+
+def test_pseudo_gt_alone_trains_only_the_images_that_have_some(tiny_coco, tmp_path):
+    """`--no-ground-truth` (the ImageNet row): the file's annotations are ignored, images without pseudo-GT are
+    left out, and each kept image carries exactly its pseudo-GT masks."""
+    from ggn.detector.data import build_training_dataset
+
+    train_json, images = tiny_coco
+    coco = json.loads(Path(train_json).read_text())
+    pseudo = [dict(a, id=k + 1, score=1.0) for k, a in enumerate(coco["annotations"]) if a["image_id"] in (2, 4)]
+    (tmp_path / "pseudo.json").write_text(json.dumps({"images": coco["images"], "annotations": pseudo,
+                                                     "categories": [{"id": 1, "name": "object"}]}))
+    ds = build_training_dataset(train_json, images, "ggn", pseudo_gt=tmp_path / "pseudo.json", flip=0,
+                                ground_truth=False)
+    assert [ds[i][1]["image_id"] for i in range(len(ds))] == [2, 4]
+    for i, image_id in enumerate((2, 4)):
+        assert len(ds[i][1]["masks"]) == sum(a["image_id"] == image_id for a in pseudo)
+    with_gt = build_training_dataset(train_json, images, "ggn", pseudo_gt=tmp_path / "pseudo.json", flip=0)
+    assert len(with_gt) == len(coco["images"])  # with ground truth: every image, GT + pseudo-GT
+    assert len(with_gt[1][1]["masks"]) == 2 * sum(a["image_id"] == 2 for a in coco["annotations"])

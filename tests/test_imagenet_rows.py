@@ -18,8 +18,8 @@ import yaml
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from test_more_paper_rows import run_rows, unchanged_recipe
-from test_paper_row import REPO, _jsonl, make_fake_coco, place_imagenet_weights
+from test_more_paper_rows import fake_coco_with_weights, run_rows, unchanged_recipe  # noqa: F401 (fixture)
+from test_paper_row import REPO, _jsonl
 
 ROWS = REPO / "config" / "imagenet_to_uvo.yaml"
 
@@ -96,13 +96,10 @@ def rows_config(results: Path, coco: Path, imagenet: Path, uvo: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_imagenet_rows_end_to_end_on_fake_trees(tmp_path, monkeypatch):
+def test_imagenet_rows_end_to_end_on_fake_trees(tmp_path, fake_coco_with_weights):
     from ggn.io import load_checkpoint
 
-    torch_home = tmp_path / "torch"
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    place_imagenet_weights(torch_home)
-    coco = make_fake_coco(tmp_path / "coco")
+    torch_home, coco = fake_coco_with_weights
     imagenet = make_fake_imagenet(tmp_path / "imagenet")
     uvo = make_fake_uvo(tmp_path / "uvo")
     results = tmp_path / "results"

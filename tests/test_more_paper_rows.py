@@ -61,14 +61,20 @@ def unchanged_recipe(shipped: dict, ours: dict) -> None:
                     assert exp[stage][key] == value, (name, stage, key)
 
 
-@pytest.mark.slow
-def test_oln_row_with_pseudo_oln_on_fake_coco(tmp_path, monkeypatch):
-    from ggn.io import load_checkpoint
-
+@pytest.fixture
+def fake_coco_with_weights(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """(TORCH_HOME holding the ImageNet ResNet-50 stand-in, a fake COCO 2017 tree): what every paper row needs."""
     torch_home = tmp_path / "torch"
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     place_imagenet_weights(torch_home)
-    coco = make_fake_coco(tmp_path / "coco")
+    return torch_home, make_fake_coco(tmp_path / "coco")
+
+
+@pytest.mark.slow
+def test_oln_row_with_pseudo_oln_on_fake_coco(tmp_path, fake_coco_with_weights):
+    from ggn.io import load_checkpoint
+
+    torch_home, coco = fake_coco_with_weights
     shipped = yaml.safe_load((REPO / "config" / "coco_voc_to_nonvoc_oln.yaml").read_text())
     config = _shrink(yaml.safe_load((REPO / "config" / "coco_voc_to_nonvoc_oln.yaml").read_text()),
                      tmp_path / "results", coco, "table_oln_test")
@@ -100,11 +106,8 @@ def test_oln_row_with_pseudo_oln_on_fake_coco(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ade20k_row_evaluates_the_coco_models_on_converted_ade20k(tmp_path, monkeypatch):
-    torch_home = tmp_path / "torch"
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    place_imagenet_weights(torch_home)
-    coco = make_fake_coco(tmp_path / "coco")
+def test_ade20k_row_evaluates_the_coco_models_on_converted_ade20k(tmp_path, fake_coco_with_weights):
+    torch_home, coco = fake_coco_with_weights
     ade_root = tmp_path / "ADE20K_2021_17_01"
     fake_ade20k(ade_root)
     ade_json = tmp_path / "ade" / "validation_instances.json"

@@ -132,17 +132,20 @@ def build_training_dataset(train_json: str | Path, images: str | Path, variant: 
         base.ids = base.ids[:max_images]
     store = None
     if pseudo_gt is not None:
-        base = CocoInstances(train_json, images, extra_annotations=read_pseudo_gt(pseudo_gt, set(base.images)),
-                             image_ids=base.ids)
+        base.add_annotations(read_pseudo_gt(pseudo_gt, set(base.images)))
     elif pseudo_store is not None:
-        if isinstance(pseudo_store, (str, Path)):
-            from ggn.merge import PseudoStore
-
-            store = PseudoStore(pseudo_store)
-        else:
-            store = pseudo_store
+        store = _open_store(pseudo_store)
     transform = RandomHorizontalFlip(flip) if flip > 0 else None
     return DetectorDataset(base, pseudo_store=store, transform=transform)
+
+
+def _open_store(pseudo_store: str | Path | Any):
+    """A PseudoStore for a path; anything else is taken as a store already (tests pass their own)."""
+    if isinstance(pseudo_store, (str, Path)):
+        from ggn.merge import PseudoStore
+
+        return PseudoStore(pseudo_store)
+    return pseudo_store
 
 
 def _pseudo_only_dataset(train_json, images, variant, pseudo_gt, pseudo_store, flip, max_images) -> DetectorDataset:
@@ -154,23 +157,17 @@ def _pseudo_only_dataset(train_json, images, variant, pseudo_gt, pseudo_store, f
     listed = set(base.images)
     if pseudo_gt is not None:
         anns = read_pseudo_gt(pseudo_gt, listed)
+        base.add_annotations(anns)
         with_pseudo = sorted({a["image_id"] for a in anns})
-        base = CocoInstances(train_json, images, extra_annotations=anns, image_ids=with_pseudo,
-                             with_annotations=False)
         store = None
     else:
-        if isinstance(pseudo_store, (str, Path)):
-            from ggn.merge import PseudoStore
-
-            store = PseudoStore(pseudo_store)
-        else:
-            store = pseudo_store
+        store = _open_store(pseudo_store)
         stored = store.image_ids()
         with_pseudo = [i for i in stored if i in listed]
         if len(with_pseudo) < len(stored):
             log.warning("%d images of the pseudo-GT store are not in %s; skipped", len(stored) - len(with_pseudo),
                         train_json)
-        base.ids = with_pseudo
+    base.ids = with_pseudo
     log.info("training on pseudo-GT alone: %d of %d listed images have pseudo-GT (the rest are left out)",
              len(with_pseudo), len(listed))
     if max_images is not None:

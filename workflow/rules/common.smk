@@ -162,11 +162,16 @@ def rank_flags(wildcards):
     return stage_flags(experiment(wildcards), "rank")
 
 
+def _shards(name, pseudo_folder):
+    """An experiment's shards in `pseudo_folder` as merge reads them: the extracted ones, or their Pseudo-OLN
+    re-ranking (rank.by: oln)."""
+    n = num_shards(name)
+    folder = "ranked" if config["experiments"][name]["rank"]["by"] == "oln" else "shards"
+    return [f"{RESULTS}/{name}/{pseudo_folder}/{folder}/{i}-of-{n}.parquet" for i in range(n)]
+
+
 def shard_files(wildcards):
-    """Shards merge reads: the extracted ones, or their Pseudo-OLN re-ranking (rank.by: oln)."""
-    n = num_shards(wildcards.exp)
-    folder = "ranked" if experiment(wildcards)["rank"]["by"] == "oln" else "shards"
-    return [f"{RESULTS}/{wildcards.exp}/pseudo{wildcards.control}/{folder}/{i}-of-{n}.parquet" for i in range(n)]
+    return _shards(wildcards.exp, f"pseudo{wildcards.control}")
 
 
 # The pseudo-GT folder of each detector variant that trains on pseudo-GT: GGN's (PA network) and the control's
@@ -189,17 +194,11 @@ def affinity_flags(wildcards, input):
 def quality_source(name):
     """The experiment whose mined images `ggn eval-pseudo` scores for this one's row, or None when the mined
     images have no annotation of unseen classes (ImageNet, `pseudo_data`; `seen: all`)."""
-    exp = config["experiments"][name]
-    source = exp.get("models_from") or exp.get("pseudo_from") or name
+    source = mining_source(name)
     mined = config["experiments"][source]
     if "pseudo_data" in mined or mined["seen"].strip() == "all":
         return None
     return source
-
-
-def eval_pseudo_flags(wildcards):
-    exp = experiment(wildcards)
-    return to_flags({"seen": exp["seen"]})
 
 
 def merge_flags(wildcards):
@@ -218,10 +217,13 @@ def pa_source(wildcards):
     return exp.get("pa_from") or exp.get("models_from") or wildcards.exp
 
 
+def models_source(name):
+    """The experiment whose detectors a row evaluates: itself, or `models_from`."""
+    return config["experiments"][name].get("models_from", name)
+
+
 def detector_checkpoint(wildcards):
-    """The detector a row evaluates: its own, or `models_from`'s (a row that evaluates other models)."""
-    source = experiment(wildcards).get("models_from", wildcards.exp)
-    return f"{RESULTS}/{source}/detector/{wildcards.variant}/checkpoint.pt"
+    return f"{RESULTS}/{models_source(wildcards.exp)}/detector/{wildcards.variant}/checkpoint.pt"
 
 
 def pa_checkpoint(wildcards):
@@ -268,6 +270,11 @@ def detector_images(wildcards):
     return train_images(wildcards)
 
 
+def _init_checkpoint(exp):
+    """The ggn detector of `init_from`, which initialises this experiment's (the ImageNet fine-tune row)."""
+    return f"{RESULTS}/{exp['init_from']}/detector/ggn/checkpoint.pt"
+
+
 def detector_inputs(wildcards):
     inputs = {"train": detector_train_json(wildcards)}
     exp = experiment(wildcards)
@@ -276,7 +283,7 @@ def detector_inputs(wildcards):
         inputs["pseudo"] = f"{RESULTS}/{pseudo_source(wildcards)}/{folder}/pseudo_gt.json"
     if wildcards.variant == "ggn":
         if "init_from" in exp:
-            inputs["init"] = f"{RESULTS}/{exp['init_from']}/detector/ggn/checkpoint.pt"
+            inputs["init"] = _init_checkpoint(exp)
     return inputs
 
 
@@ -291,7 +298,7 @@ def detector_flags(wildcards):
             options["pseudo_gt"] = f"{RESULTS}/{source}/{folder}/pseudo_gt.json"
     if wildcards.variant == "ggn":
         if "init_from" in exp:
-            options["pretrained"] = f"{RESULTS}/{exp['init_from']}/detector/ggn/checkpoint.pt"
+            options["pretrained"] = _init_checkpoint(exp)
     else:
         options.pop("ground_truth", None)
     return to_flags(options)
@@ -330,16 +337,17 @@ def predict_flags(wildcards):
 
 def row_flags(wildcards):
     exp = experiment(wildcards)
+    models = config["experiments"][models_source(wildcards.exp)]
     options = {
         "experiment": wildcards.exp,
         "training": exp.get("training", exp["seen"]),
         "evaluation": exp.get("evaluation", exp.get("unseen") or f"not {exp['seen']}"),
-        "top_k": config["experiments"][exp.get("models_from", wildcards.exp)]["merge"]["top_k"],
+        "top_k": models["merge"]["top_k"],
         "paper_baseline": exp.get("paper", {}).get("baseline"),
         "paper_ggn": exp.get("paper", {}).get("ggn"),
         "paper_metric": exp.get("paper", {}).get("metric"),
-        "detector": config["experiments"][exp.get("models_from", wildcards.exp)]["detector"]["kind"],
-        "ranking": config["experiments"][exp.get("models_from", wildcards.exp)]["rank"]["by"],
+        "detector": models["detector"]["kind"],
+        "ranking": models["rank"]["by"],
     }
     return to_flags(options)
 
@@ -388,10 +396,7 @@ def figure_targets(name):
 
 
 def _source_shards(name, variant):
-    source = mining_source(name)
-    n = num_shards(source)
-    folder = "ranked" if config["experiments"][source]["rank"]["by"] == "oln" else "shards"
-    return [f"{RESULTS}/{source}/{PSEUDO_FOLDERS[variant]}/{folder}/{i}-of-{n}.parquet" for i in range(n)]
+    return _shards(mining_source(name), PSEUDO_FOLDERS[variant])
 
 
 def plot_inputs(wildcards):

@@ -84,7 +84,7 @@ rule eval_pseudo:
     output:
         quality=f"{RESULTS}/{{exp}}/pseudo{{control}}/quality.json",
     params:
-        flags=eval_pseudo_flags,
+        flags=seen_flags,
     conda:
         "../envs/ggn.yaml"
     log:
