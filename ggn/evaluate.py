@@ -5,6 +5,7 @@ import argparse
 import logging
 import math
 import os
+from array import array
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,6 +29,11 @@ SIZE_BUDGET = 100
 # first IoU threshold of the sweep).
 SEEN_MATCH_IOU = 0.5
 IOU_TYPES = ("bbox", "segm")
+# Detections evaluated together. Recall at every budget is a sum over images of matched objects over a sum of
+# objects, so evaluating images in chunks and adding the counts gives the numbers of one pass over all images,
+# while only one chunk exists as COCO dicts (the rest stays columnar: about the size of the RLE strings).
+CHUNK_DETECTIONS = 200_000
+CHUNK_IMAGES = 2_000
 
 
 def metric_names() -> list[str]:
@@ -40,18 +46,28 @@ def _load_gt(gt: dict | str | os.PathLike) -> dict:
     return read_json(gt, "ground-truth annotations")
 
 
-def _load_detections(detections: list | str | os.PathLike) -> list:
-    """The detections as a list of dicts this module may modify (copies if the caller passed them)."""
-    if isinstance(detections, (str, os.PathLike)):
-        detections = read_json(detections, "detections")
-        owned = True
-    else:
-        owned = False
-    if not isinstance(detections, list):
-        raise InputError("detections must be a JSON list of COCO results (image_id, bbox, segmentation, score)")
-    if not owned:
-        detections = [dict(d) if isinstance(d, dict) else d for d in detections]
-    return detections
+def _iter_detections(detections: list | str | os.PathLike):
+    """The detections one dict at a time; a file is parsed as a stream, never held whole in memory."""
+    if not isinstance(detections, (str, os.PathLike)):
+        if not isinstance(detections, list):
+            raise InputError("detections must be a JSON list of COCO results (image_id, bbox, segmentation, score)")
+        yield from detections
+        return
+    import ijson
+
+    path = Path(detections)
+    if not path.is_file():
+        raise InputError(f"detections {path} does not exist; check the path (or run `ggn predict`)")
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+        if not head.startswith(b"["):
+            raise InputError(f"detections {path} must be a JSON list of COCO results (image_id, bbox, "
+                             "segmentation, score); it does not start with '['")
+        f.seek(0)
+        try:
+            yield from ijson.items(f, "item", use_float=True)
+        except ijson.JSONError as e:
+            raise InputError(f"detections {path} is not valid JSON ({e}); truncated? predict again") from None
 
 
 def _prepare_gt(data: dict, source: str,
@@ -98,18 +114,48 @@ def _prepare_gt(data: dict, source: str,
             "segmentation": a.get("segmentation"),
             # Ground truth without the flag counts as unseen (plain class-agnostic AR).
             "seen": int(a.get("ignored_split", 0)) == 1,
+            "_order": len(copies),
         }
         per_image[c["image_id"]].append(c)
         copies.append(c)
     return copies, per_image, images
 
 
-def _prepare_detections(dets: list, images: dict[int, dict], iou_types) -> dict[int, list[dict]]:
-    """Detections grouped per image in file order, made class-agnostic (category 1) in place."""
-    per_image: dict[int, list[dict]] = defaultdict(list)
+class _Detections:
+    """Validated detections in file order, held as columns: ids, scores and boxes in typed arrays, masks as
+    their RLE strings. Per detection this is ~50 bytes plus the RLE, against ~1 kB as a parsed JSON dict."""
+
+    def __init__(self, keep_masks: bool):
+        self.image_ids = array("q")
+        self.scores = array("d")
+        self.boxes = array("d")
+        self.counts: list | None = [] if keep_masks else None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def dicts(self, indices, image: dict) -> list[dict]:
+        """COCO result dicts (category 1) for the given rows, all of one image."""
+        size = [image["height"], image["width"]]
+        boxes, out = self.boxes, []
+        for i in indices:
+            i = int(i)
+            d = {"image_id": image["id"], "category_id": 1, "bbox": list(boxes[4 * i:4 * i + 4]),
+                 "score": self.scores[i]}
+            if self.counts is not None:
+                d["segmentation"] = {"size": size, "counts": self.counts[i]}
+            out.append(d)
+        return out
+
+
+def _read_detections(detections, images: dict[int, dict], iou_types) -> _Detections:
+    """Every detection checked (image known, finite score, a box or mask of the image's size) and stored
+    columnar. Polygons and uncompressed RLE are compressed; a missing box is taken from the mask."""
     need_segm = "segm" in iou_types
-    missing_images = non_finite = 0
-    for d in dets:
+    store = _Detections(keep_masks=need_segm)
+    seen = missing_images = non_finite = 0
+    for d in _iter_detections(detections):
+        seen += 1
         try:
             image_id = d["image_id"]
             score = float(d["score"])
@@ -119,7 +165,8 @@ def _prepare_detections(dets: list, images: dict[int, dict], iou_types) -> dict[
         if not math.isfinite(score):
             non_finite += 1
             continue
-        if image_id not in images:
+        img = images.get(image_id)
+        if img is None:
             missing_images += 1
             continue
         if "bbox" not in d and "segmentation" not in d:
@@ -127,18 +174,56 @@ def _prepare_detections(dets: list, images: dict[int, dict], iou_types) -> dict[
         if need_segm and "segmentation" not in d:
             raise InputError("detections have no 'segmentation' but segm evaluation was asked for; "
                              "pass --iou-types bbox or write masks")
-        if "bbox" not in d:
-            img = images[image_id]
-            d["bbox"] = mask_utils.toBbox(ann_to_rle(d["segmentation"], img["height"], img["width"])).tolist()
-        d["category_id"] = 1
-        per_image[image_id].append(d)
+        rle = None
+        if "segmentation" in d and (need_segm or "bbox" not in d):
+            seg = d["segmentation"]
+            try:
+                if isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes)):
+                    rle = seg
+                else:
+                    rle = ann_to_rle(seg, img["height"], img["width"])
+                size = [int(v) for v in rle["size"]]
+            except (KeyError, TypeError, ValueError, IndexError):
+                raise InputError(f"detection {d!r:.200} has a segmentation that is neither polygons nor RLE") from None
+            if size != [img["height"], img["width"]]:
+                raise InputError(f"a detection on image {image_id} has a mask of size {size}, but the image is "
+                                 f"{[img['height'], img['width']]} (height, width): masks must be at the "
+                                 "image's resolution")
+        if "bbox" in d:
+            box = d["bbox"]
+            if not (isinstance(box, list) and len(box) == 4):
+                raise InputError(f"detection {d!r:.200}: 'bbox' must be [x, y, width, height]")
+        else:
+            box = mask_utils.toBbox(ann_to_rle(rle, img["height"], img["width"])).tolist()
+        store.image_ids.append(image_id)
+        store.scores.append(score)
+        store.boxes.extend(float(v) for v in box)
+        if need_segm:
+            counts = rle["counts"]
+            store.counts.append(counts.decode("ascii") if isinstance(counts, bytes) else counts)
     if non_finite:
-        raise InputError(f"{non_finite} of {len(dets)} detections have a NaN or infinite score: the detector "
+        raise InputError(f"{non_finite} of {seen} detections have a NaN or infinite score: the detector "
                          "diverged or the file is damaged; retrain (or predict again) rather than rank them")
     if missing_images:
-        raise InputError(f"{missing_images} of {len(dets)} detections refer to images that are not in the ground "
+        raise InputError(f"{missing_images} of {seen} detections refer to images that are not in the ground "
                          "truth: the detections were made for another evaluation set; predict on --gt's images")
-    return per_image
+    return store
+
+
+def _ranked_rows(store: _Detections) -> dict[int, np.ndarray]:
+    """image id -> its rows, best score first (stable: file order among ties), cut to the largest budget."""
+    if not len(store):
+        return {}
+    ids = np.frombuffer(store.image_ids, dtype=np.int64)
+    scores = np.frombuffer(store.scores, dtype=np.float64)
+    by_image = np.argsort(ids, kind="stable")
+    unique, starts = np.unique(ids[by_image], return_index=True)
+    out = {}
+    for image_id, rows in zip(unique.tolist(), np.split(by_image, starts[1:])):
+        if len(rows) > 1:
+            rows = rows[np.argsort(-scores[rows], kind="mergesort")[:MAX_DETS[-1]]]
+        out[image_id] = rows
+    return out
 
 
 def _regions(anns: list[dict], iou_type: str, img: dict) -> list:
@@ -194,17 +279,15 @@ def _seen_matches(dets: list[dict], gts: list[dict], iou_type: str, img: dict) -
     return removed
 
 
-def _budget_detections(gt_per_image, det_per_image, images, iou_type: str) -> tuple[list[dict], int]:
-    """Each image's top max(k) detections minus those matched to seen-class objects.
-
-    The dicts are shared between IoU types: loadRes rewrites the same id/area/iscrowd into them.
-    """
+def _budget_detections(gt_per_image, ranked: dict[int, np.ndarray], store: _Detections, images,
+                       image_ids, iou_type: str) -> tuple[list[dict], int]:
+    """For the given images, each one's top max(k) detections minus those matched to seen-class objects."""
     kept, dropped = [], 0
-    max_det = MAX_DETS[-1]
-    for image_id, dets in det_per_image.items():
-        if len(dets) > 1:
-            order = np.argsort([-d["score"] for d in dets], kind="mergesort")[:max_det]
-            dets = [dets[i] for i in order]
+    for image_id in image_ids:
+        rows = ranked.get(image_id)
+        if rows is None:
+            continue
+        dets = store.dicts(rows, images[image_id])
         gts = gt_per_image.get(image_id)
         if gts and any(g["seen"] for g in gts):
             removed = _seen_matches(dets, gts, iou_type, images[image_id])
@@ -214,6 +297,18 @@ def _budget_detections(gt_per_image, det_per_image, images, iou_type: str) -> tu
                 dets = [d for i, d in enumerate(dets) if i not in gone]
         kept.extend(dets)
     return kept, dropped
+
+
+def _chunks(image_ids: list[int], ranked: dict[int, np.ndarray], max_dets: int, max_images: int):
+    chunk, count = [], 0
+    for image_id in image_ids:
+        chunk.append(image_id)
+        count += len(ranked.get(image_id, ()))
+        if count >= max_dets or len(chunk) >= max_images:
+            yield chunk
+            chunk, count = [], 0
+    if chunk:
+        yield chunk
 
 
 def set_agnostic_params(ev) -> None:
@@ -242,8 +337,14 @@ def _silent(*_args, **_kwargs) -> None:
     pass
 
 
+def _unignored_counts(gts: list[dict], area_ranges) -> np.ndarray:
+    """Per area range, the ground truth COCOeval does not ignore (not crowd, area inside the range)."""
+    areas = np.array([g["area"] for g in gts if not g["iscrowd"]], dtype=np.float64)
+    return np.array([int(((areas >= lo) & (areas <= hi)).sum()) for lo, hi in area_ranges], dtype=np.int64)
+
+
 def evaluate(gt: dict | str | os.PathLike, detections: list | str | os.PathLike,
-             iou_types=IOU_TYPES) -> dict:
+             iou_types=IOU_TYPES, chunk_detections: int = CHUNK_DETECTIONS) -> dict:
     """Cross-category AR@k: {"bbox": {"AR@10": .., .., "AR_l@100": ..}, "segm": {..}}.
 
     Seen-class ground truth (`ignored_split` 1) is ignored, and detections matched to it at IoU 0.5
@@ -254,6 +355,10 @@ def evaluate(gt: dict | str | os.PathLike, detections: list | str | os.PathLike,
     tests). One simplification: which detections match seen objects is decided once, over all
     object sizes; OLN re-matches per size range (objects outside the range turn into ignore
     regions), which in rare cases changes AR_s/m/l@100 slightly.
+
+    Memory: a detections file is parsed as a stream into columns, and COCOeval runs on chunks of about
+    `chunk_detections` detections. Recall is (matched objects) / (objects), both sums over images, so the
+    chunks' counts add up to exactly the numbers of one COCOeval over everything.
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
@@ -263,28 +368,55 @@ def evaluate(gt: dict | str | os.PathLike, detections: list | str | os.PathLike,
             raise InputError(f"unknown IoU type {t!r}; choose from {', '.join(IOU_TYPES)}")
     source = str(gt) if not isinstance(gt, dict) else "ground truth"
     gt_anns, gt_per_image, images = _prepare_gt(_load_gt(gt), source, "segm" in iou_types)
-    det_per_image = _prepare_detections(_load_detections(detections), images, iou_types)
+    store = _read_detections(detections, images, iou_types)
+    ranked = _ranked_rows(store)
     num_seen = sum(g["seen"] for g in gt_anns)
-    unseen = [{k: v for k, v in g.items() if k != "seen"} for g in gt_anns if not g["seen"]]
-    log.info("ground truth: %d images, %d unseen-class objects (%d crowd), %d seen-class objects ignored",
-             len(images), len(unseen), sum(g["iscrowd"] for g in unseen), num_seen)
-    gt_dataset = {"images": list(images.values()), "annotations": unseen,
-                  "categories": [{"id": 1, "name": "object"}]}
+    unseen_per_image: dict[int, list[dict]] = defaultdict(list)
+    for g in gt_anns:
+        if not g["seen"]:
+            unseen_per_image[g["image_id"]].append({k: v for k, v in g.items() if k != "seen"})
+    num_unseen = sum(len(v) for v in unseen_per_image.values())
+    log.info("ground truth: %d images, %d unseen-class objects (%d crowd), %d seen-class objects ignored; "
+             "%d detections", len(images), num_unseen,
+             sum(g["iscrowd"] for v in unseen_per_image.values() for g in v), num_seen, len(store))
+    image_ids = sorted(images)
+    chunks = list(_chunks(image_ids, ranked, chunk_detections, CHUNK_IMAGES)) or [[]]
 
     results = {}
     for iou_type in iou_types:
-        dets, dropped = _budget_detections(gt_per_image, det_per_image, images, iou_type)
-        log.info("%s: %d detections evaluated, %d matched to seen-class objects left out of the budget",
-                 iou_type, len(dets), dropped)
-        coco_gt = COCO(gt_dataset, print_function=_silent)
-        coco_dt = coco_gt.loadRes(dets)
-        ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_silent)
-        set_agnostic_params(ev)
-        ev.evaluate()
-        ev.accumulate()
-        recall = np.asarray(ev.eval["recall"])
-        results[iou_type] = _ar_from_recall(recall, list(ev.params.maxDets), list(ev.params.areaRngLbl))
-        if not unseen:
+        matched = npig = None  # [T, A, M] matched objects and [A] objects COCOeval counts, summed over chunks
+        evaluated = dropped = 0
+        for chunk in chunks:
+            dets, chunk_dropped = _budget_detections(gt_per_image, ranked, store, images, chunk, iou_type)
+            evaluated += len(dets)
+            dropped += chunk_dropped
+            unseen = [g for image_id in chunk for g in unseen_per_image.get(image_id, ())]
+            # Ground truth in the protocol's order (category by category, as useCats=0 visits it).
+            unseen.sort(key=lambda g: g["_order"])
+            coco_gt = COCO({"images": [images[i] for i in chunk],
+                            "annotations": [{k: v for k, v in g.items() if k != "_order"} for g in unseen],
+                            "categories": [{"id": 1, "name": "object"}]}, print_function=_silent)
+            coco_dt = coco_gt.loadRes(dets)
+            ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_silent)
+            set_agnostic_params(ev)
+            ev.evaluate()
+            ev.accumulate()
+            recall = np.asarray(ev.eval["recall"])[:, 0]  # [T, A, M]
+            counts = _unignored_counts(unseen, ev.params.areaRng)
+            hits = np.where(recall > -1, recall, 0.0) * counts[None, :, None]
+            if np.abs(hits - np.rint(hits)).max(initial=0.0) > 1e-6:
+                raise RuntimeError("COCOeval's recall is not matched/objects with the objects counted here; "
+                                   "chunked evaluation would differ from one pass (report this)")
+            hits = np.rint(hits).astype(np.int64)
+            matched = hits if matched is None else matched + hits
+            npig = counts if npig is None else npig + counts
+            max_dets, area_labels = list(ev.params.maxDets), list(ev.params.areaRngLbl)
+        log.info("%s: %d detections evaluated in %d chunk(s), %d matched to seen-class objects left out of the "
+                 "budget", iou_type, evaluated, len(chunks), dropped)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = np.where(npig[None, :, None] > 0, matched / np.maximum(npig, 1)[None, :, None], -1.0)
+        results[iou_type] = _ar_from_recall(recall[:, None], max_dets, area_labels)
+        if not num_unseen:
             log.warning("no unseen-class ground truth: every AR is undefined (-1)")
     return results
 

@@ -310,3 +310,62 @@ def test_seen_handling_matches_reference_protocol(seed):
         for name, value in reference.items():
             assert ours[iou_type][name] == pytest.approx(value, abs=1e-12), (iou_type, name)
     assert changed  # the seen-class rule matters in this case
+
+
+@pytest.mark.parametrize("seed", [4, 11])
+def test_chunked_evaluation_gives_the_numbers_of_one_pass(seed, tmp_path):
+    """Images evaluated in chunks (down to one detection per chunk) and the results file read as a stream give
+    exactly the numbers of one COCOeval over all detections, seen classes, crowd regions and ties included."""
+    gt, dets = random_case(seed=seed, num_images=8)
+    rng = np.random.default_rng(seed)
+    for a in gt["annotations"]:
+        a["ignored_split"] = int(rng.random() < 0.4)
+    for d in dets[::7]:
+        d["score"] = 0.5  # ties: file order decides, in one pass and in chunks alike
+    gt["images"].append({"id": 99, "file_name": "99.png", "height": 96, "width": 128})  # no detections
+    gt["annotations"].append(box_ann(1000, 99, 5, 5, 30, 30, (96, 128), seen=0))
+    rng.shuffle(dets)  # images interleaved in the file
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    one_pass = evaluate(gt, dets, chunk_detections=10 ** 9)
+    assert one_pass["segm"]["AR@10"] > 0.05  # something to rank
+    for chunk in (1, 17, 60):
+        assert evaluate(gt, path, chunk_detections=chunk) == one_pass, chunk
+
+
+def test_polygon_and_uncompressed_rle_detections_equal_compressed(tmp_path):
+    from ggn.masks import ann_to_mask
+
+    size = (60, 80)
+    anns = [box_ann(1, 1, 10, 10, 20, 20, size, seen=0), box_ann(2, 1, 40, 20, 30, 30, size, seen=0)]
+    gt = coco([1], anns, size)
+    compressed = as_dets(anns, [0.9, 0.8])
+    polygon = [dict(compressed[0], segmentation=[[10, 10, 30, 10, 30, 30, 10, 30]])]
+    m = ann_to_mask(compressed[1]["segmentation"], *size)
+    runs, flat, value, count = [], m.flatten(order="F"), 0, 0
+    for v in flat:
+        if v != value:
+            runs.append(count)
+            value, count = v, 0
+        count += 1
+    runs.append(count)
+    uncompressed = [dict(compressed[1], segmentation={"size": list(size), "counts": [int(r) for r in runs]})]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(polygon + uncompressed))
+    assert evaluate(gt, path, ("segm",)) == evaluate(gt, polygon + uncompressed, ("segm",))
+    assert evaluate(gt, uncompressed, ("segm",))["segm"]["AR@10"] == evaluate(gt, compressed[1:], ("segm",))["segm"]["AR@10"]
+
+
+def test_damaged_results_files_are_clear_errors(sized_case, tmp_path):
+    path = tmp_path / "dets.json"
+    good = json.dumps(as_dets(sized_case["annotations"]))
+    path.write_text(good[: len(good) // 2])
+    with pytest.raises(InputError, match="not valid JSON"):
+        evaluate(sized_case, path)
+    path.write_text(json.dumps({"annotations": []}))
+    with pytest.raises(InputError, match="must be a JSON list"):
+        evaluate(sized_case, path)
+    wrong_size = as_dets(sized_case["annotations"][:1])
+    wrong_size[0]["segmentation"] = encode_mask(np.ones((50, 50), bool))
+    with pytest.raises(InputError, match="mask of size"):
+        evaluate(sized_case, wrong_size)
