@@ -1,5 +1,6 @@
 # Config validation and every helper the rules use; rules themselves only wire files together.
 import re
+import shlex
 import types
 
 from snakemake.utils import validate
@@ -188,7 +189,7 @@ def extract_inputs(wildcards):
 
 
 def affinity_flags(wildcards, input):
-    return "--affinity gradient" if wildcards.control else f"--checkpoint {input.checkpoint}"
+    return "--affinity gradient" if wildcards.control else f"--checkpoint {shlex.quote(input.checkpoint)}"
 
 
 def quality_source(name):
@@ -207,7 +208,7 @@ def merge_flags(wildcards):
 
 def merge_store(wildcards):
     if experiment(wildcards)["merge"]["store"]:
-        return f"--store {RESULTS}/{wildcards.exp}/pseudo{wildcards.control}/store"
+        return "--store " + shlex.quote(f"{RESULTS}/{wildcards.exp}/pseudo{wildcards.control}/store")
     return ""
 
 
@@ -319,7 +320,7 @@ def row_inputs(wildcards):
 def row_metric_flags(wildcards, input):
     """--baseline/--control/--ggn metrics and --{variant}-quality files of the row's variants."""
     names = [*exp_variants(wildcards), *(f"{v}_quality" for v in PSEUDO_FOLDERS)]
-    return " ".join(f"--{name.replace('_', '-')} {input[name]}" for name in names if name in input.keys())
+    return " ".join(f"--{name.replace('_', '-')} {shlex.quote(input[name])}" for name in names if name in input.keys())
 
 
 def exp_variants(wildcards):
@@ -407,11 +408,15 @@ def plot_inputs(wildcards):
 
 
 def plot_metric_flags(wildcards, input):
-    return " ".join(f"{v}={input[v]}" for v in exp_variants(wildcards))
+    return " ".join(shlex.quote(f"{v}={input[v]}") for v in exp_variants(wildcards))
 
 
 def plot_shard_flags(wildcards, input):
-    return " ".join(f"{v}=" + " ".join(input[f"{v}_shards"]) for v in _pseudo_variants(wildcards.exp))
+    tokens = []
+    for v in _pseudo_variants(wildcards.exp):
+        first, *rest = input[f"{v}_shards"]
+        tokens += [f"{v}={first}", *rest]
+    return " ".join(map(shlex.quote, tokens))
 
 
 def visualize_inputs(wildcards):

@@ -17,7 +17,7 @@ rule synth:
         mem_mb=job_resource("synth", "mem_mb"),
         runtime=job_resource("synth", "runtime"),
     shell:
-        "ggn synth --out {params.out} --workers {threads} {params.flags} > {log} 2>&1"
+        "ggn synth --out {params.out:q} --workers {threads} {params.flags} > {log:q} 2>&1"
 
 
 rule split:
@@ -38,8 +38,8 @@ rule split:
         mem_mb=job_resource("split", "mem_mb"),
         runtime=job_resource("split", "runtime"),
     shell:
-        "ggn split --train-annotations {input.train} --eval-annotations {input.eval} {params.flags}"
-        " --train-out {output.train} --eval-out {output.eval} > {log} 2>&1"
+        "ggn split --train-annotations {input.train:q} --eval-annotations {input.eval:q} {params.flags}"
+        " --train-out {output.train:q} --eval-out {output.eval:q} > {log:q} 2>&1"
 
 
 rule list_images:
@@ -56,7 +56,7 @@ rule list_images:
         mem_mb=job_resource("list_images", "mem_mb"),
         runtime=job_resource("list_images", "runtime"),
     shell:
-        "ggn list-images --root {params.root} --out {output.images} --workers {threads} > {log} 2>&1"
+        "ggn list-images --root {params.root:q} --out {output.images:q} --workers {threads} > {log:q} 2>&1"
 
 
 rule mining_list:
@@ -76,4 +76,4 @@ rule mining_list:
         mem_mb=job_resource("split", "mem_mb"),
         runtime=job_resource("split", "runtime"),
     shell:
-        "ggn split --train-annotations {input.train} {params.flags} --mining-out {output.mining} > {log} 2>&1"
+        "ggn split --train-annotations {input.train:q} {params.flags} --mining-out {output.mining:q} > {log:q} 2>&1"

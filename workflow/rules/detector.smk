@@ -23,9 +23,9 @@ rule train_detector:
         mem_mb=job_resource("train_detector", "mem_mb"),
         runtime=job_resource("train_detector", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ggn train-detector --variant {params.variant} --train-json {input.train}"
-        " --images {params.images} --out {output.checkpoint} --threads {threads} --workers {params.loaders}"
-        " {params.flags} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ggn train-detector --variant {params.variant} --train-json {input.train:q}"
+        " --images {params.images:q} --out {output.checkpoint:q} --threads {threads} --workers {params.loaders}"
+        " {params.flags} > {log:q} 2>&1"
 
 
 rule predict:
@@ -47,5 +47,5 @@ rule predict:
         mem_mb=job_resource("predict", "mem_mb"),
         runtime=job_resource("predict", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ggn predict --checkpoint {input.checkpoint} --annotations {input.eval}"
-        " --images {params.images} --out {output.detections} --threads {threads} {params.flags} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ggn predict --checkpoint {input.checkpoint:q} --annotations {input.eval:q}"
+        " --images {params.images:q} --out {output.detections:q} --threads {threads} {params.flags} > {log:q} 2>&1"

@@ -30,8 +30,8 @@ rule plots:
         mem_mb=job_resource("plots", "mem_mb"),
         runtime=job_resource("plots", "runtime"),
     shell:
-        "ggn plot --metrics {params.metrics} --curves {output.curves} --shards {params.shards}"
-        " --histograms {output.histograms} > {log} 2>&1"
+        "ggn plot --metrics {params.metrics} --curves {output.curves:q} --shards {params.shards}"
+        " --histograms {output.histograms:q} > {log:q} 2>&1"
 
 
 rule visualize:
@@ -56,4 +56,4 @@ rule visualize:
         mem_mb=job_resource("visualize", "mem_mb"),
         runtime=job_resource("visualize", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ggn visualize --out-dir {output.panels} {params.flags} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ggn visualize --out-dir {output.panels:q} {params.flags} > {log:q} 2>&1"

@@ -21,8 +21,8 @@ rule train_pa:
         mem_mb=job_resource("train_pa", "mem_mb"),
         runtime=job_resource("train_pa", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ggn train-pa --train-json {input.train} --images {params.images}"
-        " --out {output.checkpoint} --threads {threads} --workers {params.loaders} {params.flags} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ggn train-pa --train-json {input.train:q} --images {params.images:q}"
+        " --out {output.checkpoint:q} --threads {threads} --workers {params.loaders} {params.flags} > {log:q} 2>&1"
 
 
 rule eval_pa:
@@ -43,5 +43,5 @@ rule eval_pa:
         mem_mb=job_resource("eval_pa", "mem_mb"),
         runtime=job_resource("eval_pa", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ggn eval-pa --checkpoint {input.checkpoint} --annotations {input.eval}"
-        " --images {params.images} --out {output.metrics} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ggn eval-pa --checkpoint {input.checkpoint:q} --annotations {input.eval:q}"
+        " --images {params.images:q} --out {output.metrics:q} > {log:q} 2>&1"

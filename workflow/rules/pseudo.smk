@@ -23,9 +23,9 @@ rule extract:
         mem_mb=job_resource("extract", "mem_mb"),
         runtime=job_resource("extract", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ggn extract {params.affinity} --annotations {input.images_list}"
-        " --images {params.images} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
-        " --out {output.shard} --workers {threads} {params.flags} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ggn extract {params.affinity} --annotations {input.images_list:q}"
+        " --images {params.images:q} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
+        " --out {output.shard:q} --workers {threads} {params.flags} > {log:q} 2>&1"
 
 
 rule rank_oln:
@@ -48,9 +48,9 @@ rule rank_oln:
         mem_mb=job_resource("rank_oln", "mem_mb"),
         runtime=job_resource("rank_oln", "runtime"),
     shell:
-        "OMP_NUM_THREADS={threads} ggn rank-oln --shard {input.shard} --checkpoint {input.checkpoint}"
-        " --annotations {input.images_list} --images {params.images} --out {output.shard} --threads {threads}"
-        " {params.flags} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ggn rank-oln --shard {input.shard:q} --checkpoint {input.checkpoint:q}"
+        " --annotations {input.images_list:q} --images {params.images:q} --out {output.shard:q} --threads {threads}"
+        " {params.flags} > {log:q} 2>&1"
 
 
 rule merge:
@@ -71,8 +71,8 @@ rule merge:
         mem_mb=job_resource("merge", "mem_mb"),
         runtime=job_resource("merge", "runtime"),
     shell:
-        "ggn merge --shards {input.shards} --annotations {input.images_list} --out {output.pseudo}"
-        " {params.store} {params.flags} > {log} 2>&1"
+        "ggn merge --shards {input.shards:q} --annotations {input.images_list:q} --out {output.pseudo:q}"
+        " {params.store} {params.flags} > {log:q} 2>&1"
 
 
 rule eval_pseudo:
@@ -94,5 +94,5 @@ rule eval_pseudo:
         mem_mb=job_resource("eval_pseudo", "mem_mb"),
         runtime=job_resource("eval_pseudo", "runtime"),
     shell:
-        "ggn eval-pseudo --shards {input.shards} --pseudo-gt {input.pseudo} --mined {input.images_list}"
-        " --full-annotations {input.full} --out {output.quality} {params.flags} > {log} 2>&1"
+        "ggn eval-pseudo --shards {input.shards:q} --pseudo-gt {input.pseudo:q} --mined {input.images_list:q}"
+        " --full-annotations {input.full:q} --out {output.quality:q} {params.flags} > {log:q} 2>&1"

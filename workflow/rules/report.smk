@@ -16,7 +16,7 @@ rule evaluate:
         mem_mb=job_resource("evaluate", "mem_mb"),
         runtime=job_resource("evaluate", "runtime"),
     shell:
-        "ggn evaluate --gt {input.eval} --detections {input.detections} --out {output.metrics} > {log} 2>&1"
+        "ggn evaluate --gt {input.eval:q} --detections {input.detections:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
 rule row:
@@ -36,8 +36,8 @@ rule row:
         mem_mb=job_resource("row", "mem_mb"),
         runtime=job_resource("row", "runtime"),
     shell:
-        "ggn table row {params.metrics} --pa {input.pa} --out {output.row}"
-        " {params.flags} > {log} 2>&1"
+        "ggn table row {params.metrics} --pa {input.pa:q} --out {output.row:q}"
+        " {params.flags} > {log:q} 2>&1"
 
 
 rule table:
@@ -56,4 +56,4 @@ rule table:
         mem_mb=job_resource("table", "mem_mb"),
         runtime=job_resource("table", "runtime"),
     shell:
-        "ggn table gather --rows {input.rows} --csv {output.csv} --md {output.md} --html {output.html} > {log} 2>&1"
+        "ggn table gather --rows {input.rows:q} --csv {output.csv:q} --md {output.md:q} --html {output.html:q} > {log:q} 2>&1"
