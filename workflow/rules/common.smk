@@ -208,7 +208,8 @@ def merge_flags(wildcards):
 
 def merge_store(wildcards):
     if experiment(wildcards)["merge"]["store"]:
-        return "--store " + shlex.quote(f"{RESULTS}/{wildcards.exp}/pseudo{wildcards.control}/store")
+        store = f"{RESULTS}/{wildcards.exp}/pseudo{wildcards.control}/store"
+        return f"--store {shlex.quote(store)}"
     return ""
 
 
