@@ -1,6 +1,7 @@
 """File helpers shared by every stage: atomic writes, safe loading, logging, seeds."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,6 +18,23 @@ log = logging.getLogger("ggn")
 
 class InputError(SystemExit):
     """Bad user input: the message names the file or field and what to do about it."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+class DiskFullError(SystemExit):
+    """An output could not be written for lack of space: the message names the file; nothing torn is left."""
+
+    def __init__(self, path: str | os.PathLike, cause: BaseException):
+        super().__init__(f"error: disk full while writing {path} ({type(cause).__name__}: {str(cause)[:200]}); "
+                         "the partial file was removed and the previous output, if any, is left as it was; free "
+                         f"space on {Path(path).parent} (or choose another results folder) and run the same "
+                         "command again")
+
+
+class TrainingDiverged(SystemExit):
+    """A non-finite loss or weights: training stops, naming the iteration; the last good checkpoint is kept."""
 
     def __init__(self, message: str):
         super().__init__(f"error: {message}")
@@ -48,9 +66,29 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = is_disk_full(e, tmp)
         tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(path, e) from None
         raise
+
+
+def is_disk_full(error: BaseException, tmp: Path) -> bool:
+    """Whether a failed write (of `tmp`, or in its folder) ran out of space: ENOSPC/EDQUOT, or (torch.save's zip writer reports only an
+    'unexpected pos') a write error on a file system with no block left."""
+    if isinstance(error, DiskFullError):
+        return False  # a nested atomic write already said so
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+        return True
+    try:
+        return os.statvfs(tmp.parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 def check_writable(path: str | os.PathLike, what: str) -> None:
@@ -209,6 +247,36 @@ def training_fingerprint(args: Any, inputs: list, ignore: tuple = ("epochs",)) -
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
     return digest.hexdigest()
+
+
+def stop_on_non_finite_loss(loss, losses: dict | None, *, step: str, epoch: int, batch: int, batches: int,
+                            checkpoints: Path, hint: str) -> None:
+    """Stop training at a NaN or infinite loss, before it reaches the weights: the error names the iteration
+    (1-based: the epoch's batch and the run's global iteration) and where the last good checkpoint is."""
+    import torch
+
+    if bool(torch.isfinite(loss)):
+        return
+    parts = "" if not losses else " (" + ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items()) + ")"
+    raise TrainingDiverged(
+        f"{step}: non-finite loss {float(loss)}{parts} at iteration {epoch * batches + batch} (epoch {epoch + 1}, "
+        f"batch {batch} of {batches}); training stopped before this step reached the weights, and the last good "
+        f"checkpoint in {checkpoints} (if any) is kept; {hint}")
+
+
+def stop_on_non_finite_weights(model, *, step: str, epoch: int, batch: int, batches: int, checkpoints: Path,
+                               hint: str) -> None:
+    """Refuse to checkpoint weights (or buffers) that an update made NaN or infinite: the last good checkpoint
+    stays the last one written."""
+    import torch
+
+    state = model.module.state_dict() if hasattr(model, "module") else model.state_dict()
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingDiverged(
+            f"{step}: non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after iteration "
+            f"{epoch * batches + batch} (epoch {epoch + 1}, batch {batch} of {batches}); training stopped without "
+            f"writing them, and the last good checkpoint in {checkpoints} (if any) is kept; {hint}")
 
 
 def seed_everything(seed: int) -> None:

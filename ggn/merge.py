@@ -6,6 +6,13 @@ Shards are streamed batch by batch; this relies on the extraction contract that 
 one shard and its rows are contiguous there (checked: a repeated image is an error), so memory does not
 grow with the number of shards. Annotation ids count from 1 in the order the shards are given.
 
+Resuming: each shard's kept rows are first written, atomically, to a part in ``{out}.parts/`` (``{store}.parts/``
+with ``--no-json``), with a record of the shard file (path, size, modification time), the filter settings and the
+annotation file's hash. A merge killed at any point and run again keeps the parts whose record still matches, filters
+only the other shards, then assembles the outputs from the parts (ids are numbered there, in shard order, so the
+result is the same as an uninterrupted run's) and removes the parts folder. Temporary files a kill left behind
+are removed on the next run (Snakemake's lock keeps two runs off one output).
+
 The parquet store (``--store DIR``, for ImageNet-sized sets) hashes images into ``DIR/part=KKK/data.parquet``
 by ``image_id % num_partitions``; rows of each file are sorted by image id and written in small row groups
 whose min/max statistics let ``PseudoStore.annotations_for`` read one image's rows without the rest.
@@ -21,7 +28,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +37,7 @@ import pyarrow.parquet as pq
 
 from ggn.annotations import validate_coco
 from ggn.extract import SHARD_SCHEMA
-from ggn.io import InputError, atomic_open, atomic_write_json, read_json
+from ggn.io import DiskFullError, InputError, atomic_open, atomic_write_json, is_disk_full, read_json
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +150,16 @@ def _top_k_per_image(table: pa.Table, top_k: int) -> pa.Table:
 
 
 def iter_kept(shards: list[Path], known_ids: np.ndarray, top_k: int, gt_iou_max: float | None,
-              min_score: float | None, counts: MergeCounts, batch_rows: int = 65536) -> Iterator[pa.Table]:
+              min_score: float | None, counts: MergeCounts, batch_rows: int = 65536,
+              seen: np.ndarray | None = None) -> Iterator[pa.Table]:
     """Tables of kept rows, each holding every kept row of the images it contains, in shard order.
 
     `known_ids` (sorted) are the training images; a shard image outside them, or an image met twice
-    (two shards, or non-contiguous rows), is an error naming the shard.
+    (two shards, or non-contiguous rows), is an error naming the shard. `seen` (one flag per known id) carries
+    the images met so far across calls.
     """
-    seen = np.zeros(len(known_ids), dtype=bool)
+    if seen is None:
+        seen = np.zeros(len(known_ids), dtype=bool)
     for path in shards:
         pf = _open_shard(path)
         carry: pa.Table | None = None
@@ -350,10 +360,89 @@ class PseudoStore:
         return np.unique(np.concatenate(ids)).tolist() if ids else []
 
 
+def parts_dir_for(out: Path) -> Path:
+    """Where a merge keeps its per-shard parts until its outputs are written."""
+    return out.with_name(out.name + ".parts")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _remove_torn_writes(out: Path | None, store: Path | None) -> None:
+    """Temporary files and folders of a merge killed while writing its outputs (atomic_open's `.NAME.*.tmp`,
+    the store's `.NAME.*.tmp` / `.NAME.*.old` folders)."""
+    for path in (out, store):
+        if path is None or not path.parent.is_dir():
+            continue
+        for torn in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.name}.*.old")]:
+            log.info("removing %s, left by an interrupted merge", torn)
+            shutil.rmtree(torn) if torn.is_dir() else torn.unlink(missing_ok=True)
+
+
+class MergeParts:
+    """Per-shard kept rows in `dir`: `part-NNNNN.parquet` and, written after it, `part-NNNNN.json`, the record that
+    it is complete (the shard file and settings it was made from, and its counts)."""
+
+    def __init__(self, folder: Path, settings: dict):
+        self.dir = folder
+        self.settings = settings
+        if self.dir.is_dir():
+            for tmp in self.dir.glob(".*.tmp"):  # a part torn by a kill
+                tmp.unlink(missing_ok=True)
+
+    def part_path(self, i: int) -> Path:
+        return self.dir / f"part-{i:05d}.parquet"
+
+    def _record_path(self, i: int) -> Path:
+        return self.dir / f"part-{i:05d}.json"
+
+    def _source(self, i: int, shard: Path) -> dict:
+        st = shard.stat()
+        return {"index": i, "shard": str(shard.absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                **self.settings}
+
+    def load(self, i: int, shard: Path) -> MergeCounts | None:
+        """The counts of shard i's part when it was made from this very shard file and settings, else None."""
+        record, part = self._record_path(i), self.part_path(i)
+        if not (record.is_file() and part.is_file()):
+            return None
+        try:
+            saved = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if saved.get("source") != self._source(i, shard):
+            log.info("part %s was made from another shard file or settings: filtering %s again", part, shard)
+            return None
+        return MergeCounts(**saved["counts"])
+
+    def write(self, i: int, shard: Path, tables: Iterator[pa.Table], counts: MergeCounts) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._record_path(i).unlink(missing_ok=True)
+        with atomic_open(self.part_path(i), "wb") as f:
+            with pq.ParquetWriter(f, SHARD_SCHEMA) as writer:
+                for table in tables:
+                    writer.write_table(table.cast(SHARD_SCHEMA))
+        atomic_write_json(self._record_path(i), {"source": self._source(i, shard), "counts": asdict(counts)})
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike, out: str | os.PathLike | None,
                  store: str | os.PathLike | None = None, top_k: int = 3, gt_iou_max: float | None = 0.5,
-                 min_score: float | None = None, num_partitions: int = NUM_PARTITIONS) -> MergeCounts:
-    """Filter and gather shards into `out` (pseudo_gt.json) and/or the parquet `store`; returns the counts."""
+                 min_score: float | None = None, num_partitions: int = NUM_PARTITIONS,
+                 after_part: Callable[[Path], None] | None = None) -> MergeCounts:
+    """Filter and gather shards into `out` (pseudo_gt.json) and/or the parquet `store`; returns the counts.
+
+    Resumable (see the module's docstring); `after_part(part_path)` is called after each shard's part is done
+    (tests use it to interrupt a merge)."""
     from tqdm import tqdm
 
     if out is None and store is None:
@@ -371,11 +460,41 @@ def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike
         _open_shard(p)  # fail on a bad shard before any work
     check_shard_set(shard_paths, annotations)
 
+    anchor = Path(out if out is not None else store)
+    _remove_torn_writes(Path(out) if out is not None else None, Path(store) if store is not None else None)
+    parts = MergeParts(parts_dir_for(anchor), settings={
+        "annotations_sha256": _sha256(Path(annotations)), "top_k": top_k, "gt_iou_max": gt_iou_max,
+        "min_score": min_score})
     counts = MergeCounts()
-    writer = StoreWriter(Path(store), num_partitions) if store is not None else None
-    next_id = 1
+    seen = np.zeros(len(known_ids), dtype=bool)
     progress = tqdm(total=sum(pq.read_metadata(p).num_rows for p in shard_paths), unit="cand",
                     desc="merge", dynamic_ncols=True)
+    reused = 0
+    try:
+        for i, path in enumerate(shard_paths):
+            done = parts.load(i, path)
+            if done is not None:  # filtered before a kill: only its images are checked again (one column)
+                ids = pq.read_table(path, columns=["image_id"])["image_id"].to_numpy()
+                if len(ids):
+                    _mark_seen(ids[np.r_[True, ids[1:] != ids[:-1]]], known_ids, seen, path)
+                part_counts = done
+                reused += 1
+            else:
+                part_counts = MergeCounts()
+                parts.write(i, path, iter_kept([path], known_ids, top_k, gt_iou_max, min_score, part_counts,
+                                               seen=seen), part_counts)
+            for key, value in asdict(part_counts).items():
+                setattr(counts, key, getattr(counts, key) + value)
+            progress.update(pq.read_metadata(path).num_rows)
+            if after_part is not None:
+                after_part(parts.part_path(i))
+    finally:
+        progress.close()
+    if reused:
+        log.info("resumed: %d of %d shards were filtered before (parts in %s)", reused, len(shard_paths), parts.dir)
+
+    writer = StoreWriter(Path(store), num_partitions) if store is not None else None
+    next_id = 1
     try:
         with (atomic_open(out, "w") if out is not None else contextlib.nullcontext()) as f:
             if f is not None:
@@ -383,29 +502,29 @@ def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike
                 json.dump(images, f)
                 f.write(', "categories": ' + json.dumps(CATEGORIES) + ', "annotations": [')
             first = True
-            before = 0
-            for kept in iter_kept(shard_paths, known_ids, top_k, gt_iou_max, min_score, counts):
-                progress.update(counts.candidates_read - before)
-                before = counts.candidates_read
-                kept = kept.add_column(0, "id", pa.array(np.arange(next_id, next_id + kept.num_rows),
-                                                         type=pa.int64()))
-                next_id += kept.num_rows
-                if writer is not None:
-                    writer.add(kept.cast(STORE_SCHEMA))
-                if f is not None:
-                    for row in kept.to_pylist():
-                        f.write(("" if first else ", ") + json.dumps(row_to_annotation(row)))
-                        first = False
-            progress.update(counts.candidates_read - before)
+            for i in range(len(shard_paths)):
+                for batch in pq.ParquetFile(parts.part_path(i)).iter_batches(batch_size=65536):
+                    kept = pa.Table.from_batches([batch]).cast(SHARD_SCHEMA)
+                    kept = kept.add_column(0, "id", pa.array(np.arange(next_id, next_id + kept.num_rows),
+                                                             type=pa.int64()))
+                    next_id += kept.num_rows
+                    if writer is not None:
+                        writer.add(kept.cast(STORE_SCHEMA))
+                    if f is not None:
+                        for row in kept.to_pylist():
+                            f.write(("" if first else ", ") + json.dumps(row_to_annotation(row)))
+                            first = False
+            # The store is complete before pseudo_gt.json (the workflow's record that merge is done) appears.
+            manifest = writer.close() if writer is not None else None
             if f is not None:
                 f.write("]}\n")
-        manifest = writer.close() if writer is not None else None
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             writer.abort()
+            if is_disk_full(e, writer.path):
+                raise DiskFullError(store, e) from None
         raise
-    finally:
-        progress.close()
+    parts.remove()
 
     log.info("read %d candidates of %d images (those with any candidate) from %d shards", counts.candidates_read,
              counts.images_in_shards, len(shard_paths))

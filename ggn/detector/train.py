@@ -28,7 +28,8 @@ from ggn.detector.data import build_training_dataset
 from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained, trainable_summary
 from ggn.dist import (add_batch_arguments, barrier, cleanup, effective_lr, gather_counts, gather_objects,
                       init_distributed, is_main_process, rank0_decides, relaunch, under_launcher, unwrap)
-from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything, training_fingerprint
+from ggn.io import (InputError, atomic_torch_save, load_checkpoint, seed_everything, stop_on_non_finite_loss,
+                    stop_on_non_finite_weights, training_fingerprint)
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,15 @@ def run(args: argparse.Namespace) -> int:
         model = sync_trainable_batchnorm(model, config["norm"], device.type)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
+    diverged_hint = (f"lower --lr (now {args.lr}) or lengthen --warmup-iters (now {args.warmup_iters}), then run "
+                     "again")
+
     def save(path: Path, epoch: int, extra: dict) -> None:
-        """The resumable state, written by rank 0 (every rank's random state gathered first)."""
+        """The resumable state, written by rank 0 (every rank's random state gathered first); never weights that
+        an update made non-finite."""
+        stop_on_non_finite_weights(model, step="train-detector", epoch=epoch,
+                                   batch=extra.get("batches_done", iters_per_epoch), batches=iters_per_epoch,
+                                   checkpoints=epoch_dir, hint=diverged_hint)
         rngs = gather_objects(rng_state())
         if is_main_process():
             atomic_torch_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -323,9 +331,8 @@ def run(args: argparse.Namespace) -> int:
                 losses = model(images, targets)
             loss = sum(losses.values())
             images_seen += len(images)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"non-finite loss {float(loss)} at epoch {epoch + 1} iteration {i} "
-                                   f"({ {k: float(v) for k, v in losses.items()} }); lower --lr or raise --warmup-iters")
+            stop_on_non_finite_loss(loss, losses, step="train-detector", epoch=epoch, batch=i + 1,
+                                    batches=iters_per_epoch, checkpoints=epoch_dir, hint=diverged_hint)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if args.clip_grad > 0:

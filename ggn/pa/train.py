@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from ggn import dist
-from ggn.io import InputError, atomic_torch_save, load_checkpoint, seed_everything, training_fingerprint
+from ggn.io import (InputError, atomic_torch_save, load_checkpoint, seed_everything, stop_on_non_finite_loss,
+                    stop_on_non_finite_weights, training_fingerprint)
 from ggn.pa.data import PATrainingSet, collate_padded
 from ggn.pa.model import build_pa_model, default_pa_config, normalize_images
 from ggn.pa.targets import affinity_loss, affinity_targets, parse_offsets
@@ -245,6 +246,8 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
 
     images_seen = torch.zeros(1, dtype=torch.int64)
     every_s = args.checkpoint_minutes * 60
+    diverged_hint = (f"lower --lr (now {args.lr}) or lengthen --warmup-iters (now {args.warmup_iters}), then run "
+                     "again")
     for epoch in range(start_epoch, args.epochs):
         model.train()
         skip = skip_batches if epoch == start_epoch else 0
@@ -269,9 +272,8 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(images)
             loss = affinity_loss(logits.float(), target, counted, pos_weight=args.pos_weight)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite PA loss at epoch {epoch + 1} iteration {it + 1}; "
-                                         f"lower --lr (now {args.lr}) or lengthen --warmup-iters")
+            stop_on_non_finite_loss(loss, None, step="train-pa", epoch=epoch, batch=it + 1,
+                                    batches=iters_per_epoch, checkpoints=epoch_dir(args.out), hint=diverged_hint)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -293,6 +295,8 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
                 window, window_n = 0.0, 0
             if (every_s > 0 and it + 1 < iters_per_epoch
                     and dist.rank0_decides(time.perf_counter() - last_save >= every_s, device)):
+                stop_on_non_finite_weights(model, step="train-pa", epoch=epoch, batch=it + 1, batches=iters_per_epoch,
+                                           checkpoints=epoch_dir(args.out), hint=diverged_hint)
                 sums = {"total": total, "count": count, "window": window, "window_n": window_n, "seen": seen,
                         "seconds": time.perf_counter() - t0}
                 _save_state(epoch_dir(args.out) / MID_EPOCH, args, config, model, optimizer, scheduler, epoch,
@@ -305,6 +309,8 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
             _append_log(log_path, {"epoch": epoch + 1, "epoch_loss": total / max(1, count), "seconds": seconds,
                                    "images_per_s": seen * world / max(seconds, 1e-9), "effective_lr": lr,
                                    "total_batch": args.batch_size * world, "images_per_rank": per_rank})
+        stop_on_non_finite_weights(model, step="train-pa", epoch=epoch, batch=iters_per_epoch,
+                                   batches=iters_per_epoch, checkpoints=epoch_dir(args.out), hint=diverged_hint)
         _save_epoch(args, config, model, optimizer, scheduler, epoch, fingerprint)
         if main:
             log.info("epoch %d/%d: mean loss %.4f, %.1f s", epoch + 1, args.epochs, total / max(1, count), seconds)
