@@ -179,6 +179,7 @@ def test_interrupted_merge_filters_only_the_shards_it_had_not_finished(tmp_path,
     assert filtered == shards[0:1] + shards[2:]
 
 
+@pytest.mark.slow
 def test_sigkilled_merge_resumes_from_its_parts_to_identical_outputs(tmp_path):
     shards, ann = _shards(tmp_path / "shards", num_shards=60, images_per_shard=20)
     straight = tmp_path / "straight" / "pseudo_gt.json"
