@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
@@ -19,7 +19,7 @@ from ggn.io import DiskFullError, InputError, atomic_write_json, is_disk_full
 
 log = logging.getLogger("ggn.synth")
 
-__all__ = ["CATEGORIES", "SYNTHETIC_SEEN", "SYNTHETIC_UNSEEN", "generate_dataset", "render_image"]
+__all__ = ["CATEGORIES", "SYNTHETIC_SEEN", "SYNTHETIC_UNSEEN", "SceneOptions", "generate_dataset", "render_image"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,36 @@ TYPICAL_TEXTURE_P = 0.8
 MIN_VISIBLE = 0.5  # an occluded object keeps at least this fraction of its pixels
 PLACEMENT_TRIES = 12
 SPLIT_CODES = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """How hard the scenes are for low-level edges. The defaults draw the original scenes (same bytes); the
+    others add what misleads an image-gradient grouping but not a learned affinity, each drawn from its own
+    random stream so that the objects of an image stay where the defaults put them:
+    - clutter: up to this many sharp-edged, low-saturation distractor pieces (polygons, bands, some with
+      stripes or checks) and hard lines painted on the background, which is then no longer smooth;
+    - texture_period: range of object texture periods (pixels at 256x256); periods of 10 px and more survive
+      the PA's downscaling, so stripes and checks give strong edges inside objects;
+    - strong_texture: probability that a textured object's second colour is the complement of its first,
+      so its internal edges are stronger than its outline;
+    - touching: probability that an object is placed against an earlier one, in nearly its colour."""
+
+    clutter: int = 0
+    texture_period: tuple[float, float] = (4.0, 10.0)
+    strong_texture: float = 0.0
+    touching: float = 0.0
+
+    def __post_init__(self):
+        lo, hi = self.texture_period
+        if self.clutter < 0 or not 0 < lo <= hi or not (0 <= self.strong_texture <= 1 and 0 <= self.touching <= 1):
+            raise InputError(f"scene options out of range: {self} (clutter >= 0, 0 < period low <= high, "
+                             "strong_texture and touching in [0, 1])")
+
+
+# Clutter pieces: area range like the objects', grey levels and their texture contrast.
+CLUTTER_AREA = (150.0, 12000.0)
+CLUTTER_TINT = 10.0  # per-channel spread around a grey level: far less saturated than any object
 
 
 def _shape_mask(name: str, u: np.ndarray, v: np.ndarray, s: float, aspect: float) -> np.ndarray:
@@ -155,11 +185,12 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
-def _texture(kind: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
+def _texture(kind: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator, scale: float,
+             period_range: tuple[float, float] = (4.0, 10.0)) -> np.ndarray:
     """Texture pattern in [0, 1] (0 = base colour, 1 = second colour) in object coordinates."""
     if kind == "solid":
         return np.zeros(u.shape, np.float32)
-    period = rng.uniform(4, 10) * scale
+    period = rng.uniform(*period_range) * scale
     if kind == "stripes":
         a = rng.uniform(0, math.pi)
         return (((u * math.cos(a) + v * math.sin(a)) / period) % 1.0 < 0.5).astype(np.float32)
@@ -173,8 +204,68 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator, 
     raise ValueError(kind)
 
 
-def _draw_object(rng: np.random.Generator, cat: Category, h: int, w: int, area_scale: float):
-    """One object: (mask bool [h,w] window-placed, window slices, pixel colours of the window)."""
+def _clutter(aux: np.random.Generator, img: np.ndarray, count: int, area_scale: float) -> None:
+    """Paint 0..count sharp-edged, nearly grey distractor pieces and a few hard lines onto img (in place).
+
+    They are background, not objects: low saturation (CLUTTER_TINT) is what tells them apart, never a soft
+    edge, so the image gradient cannot."""
+    h, w = img.shape[:2]
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    lo, hi = CLUTTER_AREA
+    for _ in range(int(aux.integers(count // 2, count + 1))):
+        area = math.exp(aux.uniform(math.log(lo), math.log(hi))) * area_scale
+        cy, cx = aux.uniform(0, h), aux.uniform(0, w)
+        kind = int(aux.integers(3))
+        angle = aux.uniform(0, 2 * math.pi)
+        if kind == 0:  # irregular polygon
+            n = int(aux.integers(3, 8))
+            angles = np.sort(aux.uniform(0, 2 * math.pi, n))
+            radii = aux.uniform(0.6, 1.0, n)
+            r = math.sqrt(area / (0.5 * n * math.sin(2 * math.pi / n) * float(np.mean(radii ** 2))))
+            points = [(cx + r * q * math.cos(a), cy + r * q * math.sin(a)) for a, q in zip(angles, radii)]
+        else:  # rectangle (kind 1) or long band (kind 2)
+            ratio = aux.uniform(1, 2.5) if kind == 1 else aux.uniform(5, 12)
+            half_w, half_h = math.sqrt(area * ratio) / 2, math.sqrt(area / ratio) / 2
+            c, s = math.cos(angle), math.sin(angle)
+            points = [(cx + du * c - dv * s, cy + du * s + dv * c)
+                      for du, dv in ((-half_w, -half_h), (half_w, -half_h), (half_w, half_h), (-half_w, half_h))]
+        canvas = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(canvas).polygon(points, fill=1)
+        inside = np.asarray(canvas, dtype=bool)
+        if not inside.any():
+            continue
+        grey = aux.uniform(25, 230)
+        first = grey + aux.normal(0, CLUTTER_TINT, 3)
+        fill = np.broadcast_to(first.astype(np.float32), (h, w, 3))
+        if aux.random() < 0.5:  # striped or checked, in two greys
+            second = np.clip(grey + aux.choice([-1, 1]) * aux.uniform(50, 110), 10, 245) + aux.normal(0, CLUTTER_TINT, 3)
+            period = aux.uniform(8, 20) * math.sqrt(area_scale)
+            t = xs * math.cos(angle) + ys * math.sin(angle)
+            if aux.random() < 0.5:
+                pattern = (t / period) % 1.0 < 0.5
+            else:
+                t2 = -xs * math.sin(angle) + ys * math.cos(angle)
+                pattern = (np.floor(t / period) + np.floor(t2 / period)) % 2 == 1
+            fill = np.where(pattern[..., None], second.astype(np.float32), fill)
+        img[inside] = fill[inside]
+    for _ in range(int(aux.integers(0, count // 2 + 1))):  # hard lines across the scene
+        canvas = Image.new("L", (w, h), 0)
+        a, off = aux.uniform(0, math.pi), aux.uniform(-0.4, 0.4) * (h + w)
+        c, s = math.cos(a), math.sin(a)
+        x0, y0 = w / 2 + off * s - (h + w) * c, h / 2 - off * c - (h + w) * s
+        x1, y1 = w / 2 + off * s + (h + w) * c, h / 2 - off * c + (h + w) * s
+        ImageDraw.Draw(canvas).line([(x0, y0), (x1, y1)], fill=1, width=int(aux.integers(1, 4)))
+        on = np.asarray(canvas, dtype=bool)
+        img[on] = aux.uniform(15, 240) + aux.normal(0, CLUTTER_TINT, 3)
+
+
+def _draw_object(rng: np.random.Generator, cat: Category, h: int, w: int, area_scale: float,
+                 options: SceneOptions = SceneOptions(), aux: np.random.Generator | None = None,
+                 against: dict | None = None):
+    """One object: (mask bool [h,w] window-placed, window slices, pixel colours of the window, placement).
+
+    `against` (an earlier object's placement): put this one against it, in nearly its colour (aux stream)."""
     aspect = rng.uniform(0.45, 0.7)  # ellipse axis ratio, ring hole ratio
     lo, hi = AREA_RANGE
     area = math.exp(rng.uniform(math.log(lo), math.log(hi))) * area_scale
@@ -183,6 +274,12 @@ def _draw_object(rng: np.random.Generator, cat: Category, h: int, w: int, area_s
     margin = 0.3 * s
     cy = rng.uniform(min(margin, h / 2), max(h - margin, h / 2))
     cx = rng.uniform(min(margin, w / 2), max(w - margin, w / 2))
+    if against is not None:
+        # Centres about one radius sum apart: the shapes touch or overlap a little, whatever their outlines.
+        a = aux.uniform(0, 2 * math.pi)
+        d = (against["radius"] + math.sqrt(area / math.pi)) * aux.uniform(0.75, 1.0)
+        cy = float(np.clip(against["centre"][0] + d * math.sin(a), 0, h - 1))
+        cx = float(np.clip(against["centre"][1] + d * math.cos(a), 0, w - 1))
     y0, y1 = max(0, int(cy - reach)), min(h, int(math.ceil(cy + reach)) + 1)
     x0, x1 = max(0, int(cx - reach)), min(w, int(math.ceil(cx + reach)) + 1)
     if y1 <= y0 or x1 <= x0:
@@ -197,38 +294,50 @@ def _draw_object(rng: np.random.Generator, cat: Category, h: int, w: int, area_s
         return None
     texture = cat.texture if rng.random() < TYPICAL_TEXTURE_P else TEXTURES[int(rng.integers(len(TEXTURES)))]
     colour = np.clip(np.array(cat.colour, float) + rng.normal(0, 18, 3), 0, 255)
+    if against is not None:
+        colour = np.clip(against["colour"] + aux.normal(0, 6, 3), 0, 255)
     # Second texture colour: a clearly darker or lighter shade of the same hue.
     second = np.clip(colour * rng.uniform(0.45, 0.65) if rng.random() < 0.6 else
                      colour + (255 - colour) * rng.uniform(0.35, 0.55), 0, 255)
-    pattern = _texture(texture, u, v, rng, math.sqrt(area_scale))
+    if options.strong_texture and aux.random() < options.strong_texture:
+        second = 255 - colour  # the complement: internal edges stronger than the outline
+    pattern = _texture(texture, u, v, rng, math.sqrt(area_scale), options.texture_period)
     pix = colour[None, None, :] * (1 - pattern[..., None]) + second[None, None, :] * pattern[..., None]
     # Gentle shading so that objects are not flat cut-outs.
     a = rng.uniform(0, 2 * math.pi)
     shade = 1 + 0.18 * (u * math.cos(a) + v * math.sin(a)) / max(s, 1.0)
     pix = pix * shade[..., None]
-    return inside, (slice(y0, y1), slice(x0, x1)), pix
+    placement = {"centre": (cy, cx), "radius": math.sqrt(area / math.pi), "colour": colour}
+    return inside, (slice(y0, y1), slice(x0, x1)), pix, placement
 
 
-def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[dict]]:
+def render_image(seed: int, split: str, index: int, size: int,
+                 options: SceneOptions = SceneOptions()) -> tuple[np.ndarray, list[dict]]:
     """Image uint8 [S,S,3] and its objects [{category_id, mask}] (visible parts, draw order).
 
     Each image has its own random stream (seed, split, index), so images do not depend on how
-    many others are generated or in which process.
+    many others are generated or in which process. What `options` adds is drawn from a second stream.
     """
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+    aux = np.random.default_rng([seed, SPLIT_CODES[split], index, 1])
     h = w = size
     area_scale = (size / 256.0) ** 2
     img = _background(rng, h, w)
+    if options.clutter:
+        _clutter(aux, img, options.clutter, area_scale)
     unseen_only = rng.random() < NO_SEEN_FRACTION
     pool = [i for i, c in enumerate(CATEGORIES) if not unseen_only or c.name in SYNTHETIC_UNSEEN]
     objects: list[dict] = []  # visible: bool [h,w]; full: pixel count when placed
     for _ in range(int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))):
         cat_index = pool[int(rng.integers(len(pool)))]
+        against = None
+        if options.touching and objects and aux.random() < options.touching:
+            against = objects[int(aux.integers(len(objects)))]["placement"]
         for _try in range(PLACEMENT_TRIES):
-            drawn = _draw_object(rng, CATEGORIES[cat_index], h, w, area_scale)
+            drawn = _draw_object(rng, CATEGORIES[cat_index], h, w, area_scale, options, aux, against)
             if drawn is None:
                 continue
-            inside, win, pix = drawn
+            inside, win, pix, placement = drawn
             # Later objects occlude earlier ones; refuse a placement that would hide most of one.
             if all((o["visible"][win] & ~inside).sum() + (o["visible"].sum() - o["visible"][win].sum())
                    >= MIN_VISIBLE * o["full"] for o in objects):
@@ -241,7 +350,8 @@ def render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
         window[inside] = pix[inside]
         mask = np.zeros((h, w), bool)
         mask[win] = inside
-        objects.append({"category_id": cat_index + 1, "visible": mask, "full": int(inside.sum())})
+        objects.append({"category_id": cat_index + 1, "visible": mask, "full": int(inside.sum()),
+                        "placement": placement})
     img += rng.normal(0, 5, img.shape).astype(np.float32)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return image, [{"category_id": o["category_id"], "mask": o["visible"]} for o in objects if o["visible"].any()]
@@ -267,10 +377,10 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _render_one(job: tuple[Path, str, int, int, int, int]) -> tuple[dict, list[dict]]:
+def _render_one(job: tuple[Path, str, int, int, int, int, SceneOptions]) -> tuple[dict, list[dict]]:
     """Render, write and annotate one image (runs in a worker process)."""
-    img_dir, split, index, image_id, size, seed = job
-    image, objects = render_image(seed, split, index, size)
+    img_dir, split, index, image_id, size, seed, options = job
+    image, objects = render_image(seed, split, index, size, options)
     name = f"{image_id:06d}.png"
     _write_png(img_dir / name, image)
     anns = []
@@ -289,10 +399,11 @@ def _render_one(job: tuple[Path, str, int, int, int, int]) -> tuple[dict, list[d
     return {"id": image_id, "file_name": name, "height": size, "width": size}, anns
 
 
-def _render_split(out: Path, split: str, num: int, size: int, seed: int, workers: int) -> dict:
+def _render_split(out: Path, split: str, num: int, size: int, seed: int, workers: int,
+                  options: SceneOptions) -> dict:
     img_dir = out / split
     img_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(img_dir, split, index, index + 1, size, seed) for index in range(num)]
+    jobs = [(img_dir, split, index, index + 1, size, seed, options) for index in range(num)]
     images, annotations = [], []
     progress = dict(total=num, desc=f"synth {split}", unit="img", mininterval=2.0)
     if workers > 1 and num > 1:
@@ -317,7 +428,7 @@ def _render_split(out: Path, split: str, num: int, size: int, seed: int, workers
 
 
 def generate_dataset(out: str | os.PathLike, num_train: int, num_val: int, image_size: int = 256,
-                     seed: int = 0, workers: int = 1) -> dict[str, Path]:
+                     seed: int = 0, workers: int = 1, options: SceneOptions = SceneOptions()) -> dict[str, Path]:
     """Write out/{train,val}/*.png and out/annotations/instances_{train,val}.json; returns their paths.
 
     Same arguments give byte-identical files.
@@ -327,7 +438,7 @@ def generate_dataset(out: str | os.PathLike, num_train: int, num_val: int, image
     out = Path(out)
     paths = {}
     for split, num in (("train", num_train), ("val", num_val)):
-        data = _render_split(out, split, num, image_size, seed, workers)
+        data = _render_split(out, split, num, image_size, seed, workers, options)
         path = out / "annotations" / f"instances_{split}.json"
         atomic_write_json(path, data)
         paths[split] = path
@@ -344,11 +455,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="worker processes (the output does not depend on this)")
+    scene = parser.add_argument_group("scenes that mislead low-level edges (defaults: the original scenes)")
+    scene.add_argument("--clutter", type=int, default=0,
+                       help="up to this many sharp-edged, nearly grey distractor pieces (and hard lines) per image")
+    scene.add_argument("--texture-period", type=float, nargs=2, default=[4.0, 10.0], metavar=("LOW", "HIGH"),
+                       help="range of object texture periods in pixels at 256x256")
+    scene.add_argument("--strong-texture", type=float, default=0.0,
+                       help="probability that a textured object's second colour is its complement")
+    scene.add_argument("--touching", type=float, default=0.0,
+                       help="probability that an object is placed against an earlier one, in nearly its colour")
 
 
 def run(args: argparse.Namespace) -> int:
     for name in ("num_train", "num_val"):
         if getattr(args, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0")
-    generate_dataset(args.out, args.num_train, args.num_val, args.image_size, args.seed, args.workers)
+    options = SceneOptions(clutter=args.clutter, texture_period=tuple(args.texture_period),
+                           strong_texture=args.strong_texture, touching=args.touching)
+    generate_dataset(args.out, args.num_train, args.num_val, args.image_size, args.seed, args.workers, options)
     return 0

@@ -11,7 +11,8 @@ from PIL import Image
 
 from ggn.cli import main as cli_main
 from ggn.masks import ann_to_mask
-from ggn.synth import CATEGORIES, SYNTHETIC_SEEN, SYNTHETIC_UNSEEN, generate_dataset, render_image
+from ggn.io import InputError
+from ggn.synth import CATEGORIES, SYNTHETIC_SEEN, SYNTHETIC_UNSEEN, SceneOptions, generate_dataset, render_image
 
 # pycocotools' decode under numpy 2 (not ours).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -122,3 +123,84 @@ def test_cli(tmp_path):
     train = json.loads((out / "annotations" / "instances_train.json").read_text())
     assert [img["file_name"] for img in train["images"]] == ["000001.png", "000002.png"]
     assert (out / "val" / "000001.png").is_file()
+
+
+def _edges(image):
+    """Colour-gradient magnitude (max over channels of |dx| + |dy|) per pixel."""
+    f = image.astype(float)
+    return (np.abs(np.diff(f, axis=0))[:, :-1] + np.abs(np.diff(f, axis=1))[:-1]).max(axis=2)
+
+
+def test_clutter_and_textures_keep_the_objects_and_add_edges_that_are_not_outlines():
+    hard = SceneOptions(clutter=10, texture_period=(10, 24), strong_texture=1.0)
+    off_object_edges, inner_edges = [], []
+    for index in range(6):
+        image, objects = render_image(seed=0, split="train", index=index, size=128)
+        hard_image, hard_objects = render_image(seed=0, split="train", index=index, size=128, options=hard)
+        # What the options add comes from a second random stream: the objects are where the defaults put them.
+        assert [o["category_id"] for o in hard_objects] == [o["category_id"] for o in objects]
+        assert all((a["mask"] == b["mask"]).all() for a, b in zip(objects, hard_objects))
+        occupied = np.zeros(image.shape[:2], bool)
+        for o in objects:
+            occupied |= o["mask"]
+        background = ~occupied[:-1, :-1]
+        off_object_edges.append([(_edges(im)[background] > 60).mean() for im in (image, hard_image)])
+        # Edges well inside objects (two pixels off their outline): texture, not outline.
+        for o in objects:
+            m = o["mask"]
+            inner = m[2:-2, 2:-2] & m[:-4, 2:-2] & m[4:, 2:-2] & m[2:-2, :-4] & m[2:-2, 4:]
+            if inner.sum() > 100:
+                inner_edges.append([np.percentile(_edges(im)[2:-1, 2:-1][inner], 95)
+                                    for im in (image, hard_image)])
+    off, inner = np.mean(off_object_edges, axis=0), np.mean(inner_edges, axis=0)
+    assert off[1] > 3 * off[0] and off[1] > 0.04, off  # the smooth background gains hard edges
+    assert inner[1] > inner[0] + 20, inner  # stronger edges inside objects
+
+
+def test_clutter_is_nearly_grey():
+    image, objects = render_image(seed=0, split="val", index=1, size=128, options=SceneOptions(clutter=12))
+    plain, _ = render_image(seed=0, split="val", index=1, size=128)
+    occupied = np.zeros(image.shape[:2], bool)
+    for o in objects:
+        occupied |= o["mask"]
+    painted = (np.abs(image.astype(int) - plain.astype(int)).max(axis=2) > 30) & ~occupied
+    assert painted.mean() > 0.05
+    pixels = image[painted].astype(float)
+    saturation = pixels.max(axis=1) - pixels.min(axis=1)
+    assert np.median(saturation) < 40
+
+
+def test_touching_objects_meet_an_earlier_one_in_nearly_its_colour():
+    def touching_pairs(options):
+        touching = close = total = 0
+        for index in range(20):
+            image, objects = render_image(seed=1, split="train", index=index, size=128, options=options)
+            for k, o in enumerate(objects[1:], 1):
+                total += 1
+                grown = o["mask"].copy()
+                grown[1:] |= o["mask"][:-1]
+                grown[:-1] |= o["mask"][1:]
+                grown[:, 1:] |= o["mask"][:, :-1]
+                grown[:, :-1] |= o["mask"][:, 1:]
+                neighbours = [p for p in objects[:k] if (grown & p["mask"]).any()]
+                touching += bool(neighbours)
+                colour = np.median(image[o["mask"]], axis=0)
+                close += any(np.abs(np.median(image[p["mask"]], axis=0) - colour).max() < 40 for p in neighbours)
+        return touching / total, close / total
+
+    plain, _ = touching_pairs(SceneOptions())
+    touching, close = touching_pairs(SceneOptions(touching=1.0))
+    assert touching > plain + 0.2 and touching > 0.6, (plain, touching)
+    assert close > 0.3, close
+
+
+def test_scene_options_from_the_cli_and_their_ranges(tmp_path):
+    args = ["synth", "--num-train", "1", "--num-val", "1", "--image-size", "64", "--seed", "1", "--workers", "1"]
+    assert cli_main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert cli_main([*args, "--out", str(tmp_path / "b"), "--clutter", "8", "--texture-period", "10", "24",
+                     "--strong-texture", "0.5", "--touching", "0.3"]) == 0
+    plain, hard = (np.asarray(Image.open(tmp_path / d / "train" / "000001.png")) for d in "ab")
+    assert plain.shape == hard.shape and (plain != hard).any()
+    for bad in (dict(clutter=-1), dict(texture_period=(10, 4)), dict(strong_texture=1.5), dict(touching=-0.1)):
+        with pytest.raises(InputError):
+            SceneOptions(**bad)
