@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ggn.annotations import validate_coco
-from ggn.extract import SHARD_SCHEMA
+from ggn.extract import SHARD_SCHEMA, _sha256
 from ggn.io import DiskFullError, InputError, atomic_open, atomic_write_json, is_disk_full, read_json
 
 log = logging.getLogger(__name__)
@@ -363,16 +363,6 @@ class PseudoStore:
 def parts_dir_for(out: Path) -> Path:
     """Where a merge keeps its per-shard parts until its outputs are written."""
     return out.with_name(out.name + ".parts")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _remove_torn_writes(out: Path | None, store: Path | None) -> None:

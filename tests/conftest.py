@@ -55,3 +55,16 @@ def make_tiny_coco(root: Path, num_images: int = 4, size: int = 64, seed: int = 
 @pytest.fixture
 def tiny_coco(tmp_path):
     return make_tiny_coco(tmp_path)
+
+
+def save_tiny_pa(path: Path, input_size: int) -> Path:
+    """A randomly initialised, narrow ResNet-18 PA network saved as `ggn train-pa` saves one (seeded)."""
+    import torch
+
+    from ggn.io import atomic_torch_save
+    from ggn.pa.model import build_pa_model, default_pa_config
+
+    torch.manual_seed(0)
+    cfg = default_pa_config(backbone="resnet18", fpn_dim=16, ppm_dim=16, input_size=input_size)
+    atomic_torch_save({"model": build_pa_model(cfg).eval().state_dict(), "config": cfg}, path)
+    return path

@@ -3,7 +3,6 @@ the pipeline does with it -- a clear error naming the file, the field and the fi
 or a skip counted in a batch stage's summary. Real components only, tiny generated data."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_tiny_coco
+from conftest import make_tiny_coco, save_tiny_pa
 from ggn import extract
 from ggn.annotations import validate_coco
 from ggn.cli import main as cli_main
@@ -105,13 +104,7 @@ def test_image_size_disagreeing_with_annotation_is_skipped_by_extract_and_refuse
 
 @pytest.fixture(scope="module")
 def pa_ckpt(tmp_path_factory):
-    from ggn.pa.model import build_pa_model, default_pa_config
-
-    torch.manual_seed(0)
-    cfg = default_pa_config(backbone="resnet18", fpn_dim=16, ppm_dim=16, input_size=32)
-    path = tmp_path_factory.mktemp("pa") / "checkpoint.pt"
-    atomic_torch_save({"model": build_pa_model(cfg).eval().state_dict(), "config": cfg}, path)
-    return path
+    return save_tiny_pa(tmp_path_factory.mktemp("pa") / "checkpoint.pt", input_size=32)
 
 
 def test_extract_skips_and_counts_missing_and_wrong_size_images(tmp_path, pa_ckpt):

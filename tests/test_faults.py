@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_tiny_coco
+from conftest import make_tiny_coco, save_tiny_pa
 from ggn import merge
 from ggn.extract import SHARD_SCHEMA
 from ggn.io import DiskFullError, atomic_torch_save, atomic_write_json, load_checkpoint
@@ -69,13 +69,7 @@ def _kill_when(cmd: list[str], ready, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pa_checkpoint(tmp_path_factory):
-    from ggn.pa.model import build_pa_model, default_pa_config
-
-    torch.manual_seed(0)
-    cfg = default_pa_config(backbone="resnet18", fpn_dim=16, ppm_dim=16, input_size=64)
-    path = tmp_path_factory.mktemp("pa") / "checkpoint.pt"
-    atomic_torch_save({"model": build_pa_model(cfg).eval().state_dict(), "config": cfg}, path)
-    return path
+    return save_tiny_pa(tmp_path_factory.mktemp("pa") / "checkpoint.pt", input_size=64)
 
 
 @pytest.mark.slow
