@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ggn.io import InputError, atomic_open, atomic_write_json
+from ggn.io import InputError, atomic_open, atomic_write_json, file_sha256
 from ggn.masks import ann_to_rle
 
 log = logging.getLogger(__name__)
@@ -248,14 +248,6 @@ class ShardParts:
 # The shard job
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_coco(path: Path) -> tuple[dict, str]:
     """The validated file (ggn.annotations: images required, annotations optional) and its content's hash."""
     from ggn.annotations import log_counts, validate_coco
@@ -332,7 +324,7 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
     ids = shard_image_ids((img["id"] for img in coco["images"]), shard, num_shards)
     if max_images is not None:
         ids = ids[:max_images]
-    settings = {"checkpoint": _sha256(checkpoint) if checkpoint is not None else affinity,
+    settings = {"checkpoint": file_sha256(checkpoint) if checkpoint is not None else affinity,
                 "annotations": coco_sha, "shard": shard, "num_shards": num_shards, "input_size": input_size,
                 "top_k": top_k, "propose_params": propose_params, "max_images": max_images, "no_gt": no_gt}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

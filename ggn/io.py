@@ -222,6 +222,17 @@ RUN_ONLY_OPTIONS = frozenset({"device", "workers", "threads", "log_every", "verb
                               "checkpoint_minutes"})
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def training_fingerprint(args: Any, inputs: list, ignore: tuple = ("epochs",)) -> str:
     """Hash of a training run's options and input files. An epoch checkpoint is resumed only by a run with
     the same fingerprint: after a change of the annotations, the pseudo-GT or a hyper-parameter (a Snakemake

@@ -36,8 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ggn.annotations import validate_coco
-from ggn.extract import SHARD_SCHEMA, _sha256
-from ggn.io import DiskFullError, InputError, atomic_open, atomic_write_json, is_disk_full, read_json
+from ggn.extract import SHARD_SCHEMA
+from ggn.io import DiskFullError, InputError, atomic_open, atomic_write_json, file_sha256, is_disk_full, read_json
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class MergeCounts:
     kept: int = 0
     images_with_pseudo_gt: int = 0
     images_in_shards: int = 0
+
+    def add(self, other: "MergeCounts") -> None:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
 
 
 def row_to_annotation(row: dict) -> dict:
@@ -87,12 +91,11 @@ def _open_shard(path: Path) -> pq.ParquetFile:
     return pf
 
 
-def check_shard_set(paths: list[Path], annotations: str | os.PathLike) -> None:
-    """Refuse shards that are not one extraction run's complete set for `annotations`, from the `ggn.shard`
-    metadata `ggn extract` writes (and `ggn rank-oln` keeps): shard counts that differ, a shard index twice or
-    missing (1 of 2 shards), another annotation file. Shards without that metadata are taken with a warning."""
-    import hashlib
-
+def check_shard_set(paths: list[Path], annotations: str | os.PathLike, annotations_sha256: str) -> None:
+    """Refuse shards that are not one extraction run's complete set for `annotations` (whose content hash is
+    given), from the `ggn.shard` metadata `ggn extract` writes (and `ggn rank-oln` keeps): shard counts that
+    differ, a shard index twice or missing (1 of 2 shards), another annotation file. Shards without that metadata
+    are taken with a warning."""
     from ggn.extract import META_SHARD
 
     metas = {}
@@ -125,9 +128,8 @@ def check_shard_set(paths: list[Path], annotations: str | os.PathLike) -> None:
             raise InputError(f"{len(missing)} of the {n} shards are missing (index {', '.join(map(str, missing[:10]))}"
                              f"{', ...' if len(missing) > 10 else ''}): merging {len(paths)} of {n} shards would "
                              f"leave those images without pseudo-GT; pass all {n} shards")
-    digest = hashlib.sha256(Path(annotations).read_bytes()).hexdigest()
     for p, m in labelled.items():
-        if m.get("annotations_sha256") not in (None, digest):
+        if m.get("annotations_sha256") not in (None, annotations_sha256):
             raise InputError(f"shard {p} was extracted from another annotation file than --annotations "
                              f"{annotations} (its content differs): a shard of another run; extract it again or "
                              "merge with the annotation file it was made from")
@@ -446,18 +448,18 @@ def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike
     del coco
     known_ids = np.unique(np.array([int(img["id"]) for img in images], dtype=np.int64))
     shard_paths = [Path(s) for s in shards]
-    for p in shard_paths:
-        _open_shard(p)  # fail on a bad shard before any work
-    check_shard_set(shard_paths, annotations)
+    shard_rows = [_open_shard(p).metadata.num_rows for p in shard_paths]  # fails on a bad shard before any work
+    annotations_sha256 = file_sha256(annotations)
+    check_shard_set(shard_paths, annotations, annotations_sha256)
 
     anchor = Path(out if out is not None else store)
     _remove_torn_writes(Path(out) if out is not None else None, Path(store) if store is not None else None)
     parts = MergeParts(parts_dir_for(anchor), settings={
-        "annotations_sha256": _sha256(Path(annotations)), "top_k": top_k, "gt_iou_max": gt_iou_max,
+        "annotations_sha256": annotations_sha256, "top_k": top_k, "gt_iou_max": gt_iou_max,
         "min_score": min_score})
     counts = MergeCounts()
     seen = np.zeros(len(known_ids), dtype=bool)
-    progress = tqdm(total=sum(pq.read_metadata(p).num_rows for p in shard_paths), unit="cand",
+    progress = tqdm(total=sum(shard_rows), unit="cand",
                     desc="merge", dynamic_ncols=True)
     reused = 0
     try:
@@ -473,9 +475,8 @@ def merge_shards(shards: list[str | os.PathLike], annotations: str | os.PathLike
                 part_counts = MergeCounts()
                 parts.write(i, path, iter_kept([path], known_ids, top_k, gt_iou_max, min_score, part_counts,
                                                seen=seen), part_counts)
-            for key, value in asdict(part_counts).items():
-                setattr(counts, key, getattr(counts, key) + value)
-            progress.update(pq.read_metadata(path).num_rows)
+            counts.add(part_counts)
+            progress.update(shard_rows[i])
             if after_part is not None:
                 after_part(parts.part_path(i))
     finally:

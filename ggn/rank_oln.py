@@ -41,8 +41,8 @@ from pycocotools import mask as mask_utils
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 
-from ggn.extract import META_SHARD, SHARD_SCHEMA, ShardParts, _load_coco, _read, _sha256, summary_path_for
-from ggn.io import InputError, atomic_write_json
+from ggn.extract import META_SHARD, SHARD_SCHEMA, ShardParts, _load_coco, _read, summary_path_for
+from ggn.io import InputError, atomic_write_json, file_sha256
 from ggn.merge import _open_shard
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def rank_shard(shard: str | Path, checkpoint: str | Path, annotations: str | Pat
     infos = {int(im["id"]): im for im in coco["images"]}
     del coco
 
-    settings = {"shard": _sha256(shard), "checkpoint": _sha256(checkpoint), "annotations": coco_sha,
+    settings = {"shard": file_sha256(shard), "checkpoint": file_sha256(checkpoint), "annotations": coco_sha,
                 "nms": nms, "top_k": top_k, "pa_weight": pa_weight}
     parts = ShardParts(out, hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest())
     if threads:
