@@ -260,8 +260,12 @@ def training_fingerprint(args: Any, inputs: list, ignore: tuple = ("epochs",)) -
     return digest.hexdigest()
 
 
+def _divergence_hint(args: Any) -> str:
+    return f"lower --lr (now {args.lr}) or lengthen --warmup-iters (now {args.warmup_iters}), then run again"
+
+
 def stop_on_non_finite_loss(loss, losses: dict | None, *, step: str, epoch: int, batch: int, batches: int,
-                            checkpoints: Path, hint: str) -> None:
+                            checkpoints: Path, args: Any) -> None:
     """Stop training at a NaN or infinite loss, before it reaches the weights: the error names the iteration
     (1-based: the epoch's batch and the run's global iteration) and where the last good checkpoint is."""
     import torch
@@ -272,11 +276,11 @@ def stop_on_non_finite_loss(loss, losses: dict | None, *, step: str, epoch: int,
     raise TrainingDiverged(
         f"{step}: non-finite loss {float(loss)}{parts} at iteration {epoch * batches + batch} (epoch {epoch + 1}, "
         f"batch {batch} of {batches}); training stopped before this step reached the weights, and the last good "
-        f"checkpoint in {checkpoints} (if any) is kept; {hint}")
+        f"checkpoint in {checkpoints} (if any) is kept; {_divergence_hint(args)}")
 
 
 def stop_on_non_finite_weights(model, *, step: str, epoch: int, batch: int, batches: int, checkpoints: Path,
-                               hint: str) -> None:
+                               args: Any) -> None:
     """Refuse to checkpoint weights (or buffers) that an update made NaN or infinite: the last good checkpoint
     stays the last one written."""
     import torch
@@ -287,7 +291,7 @@ def stop_on_non_finite_weights(model, *, step: str, epoch: int, batch: int, batc
         raise TrainingDiverged(
             f"{step}: non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after iteration "
             f"{epoch * batches + batch} (epoch {epoch + 1}, batch {batch} of {batches}); training stopped without "
-            f"writing them, and the last good checkpoint in {checkpoints} (if any) is kept; {hint}")
+            f"writing them, and the last good checkpoint in {checkpoints} (if any) is kept; {_divergence_hint(args)}")
 
 
 def seed_everything(seed: int) -> None:

@@ -286,15 +286,12 @@ def run(args: argparse.Namespace) -> int:
         model = sync_trainable_batchnorm(model, config["norm"], device.type)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
-    diverged_hint = (f"lower --lr (now {args.lr}) or lengthen --warmup-iters (now {args.warmup_iters}), then run "
-                     "again")
-
     def save(path: Path, epoch: int, extra: dict) -> None:
         """The resumable state, written by rank 0 (every rank's random state gathered first); never weights that
         an update made non-finite."""
         stop_on_non_finite_weights(model, step="train-detector", epoch=epoch,
                                    batch=extra.get("batches_done", iters_per_epoch), batches=iters_per_epoch,
-                                   checkpoints=epoch_dir, hint=diverged_hint)
+                                   checkpoints=epoch_dir, args=args)
         rngs = gather_objects(rng_state())
         if is_main_process():
             atomic_torch_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -332,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
             loss = sum(losses.values())
             images_seen += len(images)
             stop_on_non_finite_loss(loss, losses, step="train-detector", epoch=epoch, batch=i + 1,
-                                    batches=iters_per_epoch, checkpoints=epoch_dir, hint=diverged_hint)
+                                    batches=iters_per_epoch, checkpoints=epoch_dir, args=args)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if args.clip_grad > 0:

@@ -246,8 +246,6 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
 
     images_seen = torch.zeros(1, dtype=torch.int64)
     every_s = args.checkpoint_minutes * 60
-    diverged_hint = (f"lower --lr (now {args.lr}) or lengthen --warmup-iters (now {args.warmup_iters}), then run "
-                     "again")
     for epoch in range(start_epoch, args.epochs):
         model.train()
         skip = skip_batches if epoch == start_epoch else 0
@@ -273,7 +271,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
                 logits = model(images)
             loss = affinity_loss(logits.float(), target, counted, pos_weight=args.pos_weight)
             stop_on_non_finite_loss(loss, None, step="train-pa", epoch=epoch, batch=it + 1,
-                                    batches=iters_per_epoch, checkpoints=epoch_dir(args.out), hint=diverged_hint)
+                                    batches=iters_per_epoch, checkpoints=epoch_dir(args.out), args=args)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -295,12 +293,10 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
                 window, window_n = 0.0, 0
             if (every_s > 0 and it + 1 < iters_per_epoch
                     and dist.rank0_decides(time.perf_counter() - last_save >= every_s, device)):
-                stop_on_non_finite_weights(model, step="train-pa", epoch=epoch, batch=it + 1, batches=iters_per_epoch,
-                                           checkpoints=epoch_dir(args.out), hint=diverged_hint)
                 sums = {"total": total, "count": count, "window": window, "window_n": window_n, "seen": seen,
                         "seconds": time.perf_counter() - t0}
                 _save_state(epoch_dir(args.out) / MID_EPOCH, args, config, model, optimizer, scheduler, epoch,
-                            fingerprint, {"batches_done": it + 1, "sums": sums})
+                            fingerprint, {"batches_done": it + 1, "sums": sums}, iters_per_epoch)
                 last_save = time.perf_counter()
         bar.close()
         seconds = time.perf_counter() - t0
@@ -309,9 +305,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
             _append_log(log_path, {"epoch": epoch + 1, "epoch_loss": total / max(1, count), "seconds": seconds,
                                    "images_per_s": seen * world / max(seconds, 1e-9), "effective_lr": lr,
                                    "total_batch": args.batch_size * world, "images_per_rank": per_rank})
-        stop_on_non_finite_weights(model, step="train-pa", epoch=epoch, batch=iters_per_epoch,
-                                   batches=iters_per_epoch, checkpoints=epoch_dir(args.out), hint=diverged_hint)
-        _save_epoch(args, config, model, optimizer, scheduler, epoch, fingerprint)
+        _save_epoch(args, config, model, optimizer, scheduler, epoch, fingerprint, iters_per_epoch)
         if main:
             log.info("epoch %d/%d: mean loss %.4f, %.1f s", epoch + 1, args.epochs, total / max(1, count), seconds)
         dist.barrier()
@@ -334,8 +328,11 @@ def _append_log(path: Path, record: dict) -> None:
 
 
 def _save_state(path: Path, args, config, model, optimizer, scheduler, epoch: int, fingerprint: str,
-                extra: dict) -> None:
-    """The resumable state, written by rank 0 (every rank's random state gathered first; all ranks call this)."""
+                extra: dict, batches: int) -> None:
+    """The resumable state, written by rank 0 (every rank's random state gathered first; all ranks call this);
+    never weights that an update made non-finite (`batches`: iterations per epoch, for that message)."""
+    stop_on_non_finite_weights(model, step="train-pa", epoch=epoch, batch=extra.get("batches_done", batches),
+                               batches=batches, checkpoints=epoch_dir(args.out), args=args)
     rngs = dist.gather_objects(_rng_state())
     if not dist.is_main_process():
         return
@@ -347,9 +344,10 @@ def _save_state(path: Path, args, config, model, optimizer, scheduler, epoch: in
     }, path)
 
 
-def _save_epoch(args, config, model, optimizer, scheduler, epoch: int, fingerprint: str) -> None:
+def _save_epoch(args, config, model, optimizer, scheduler, epoch: int, fingerprint: str, batches: int) -> None:
     folder = epoch_dir(args.out)
-    _save_state(folder / f"epoch_{epoch:03d}.pt", args, config, model, optimizer, scheduler, epoch, fingerprint, {})
+    _save_state(folder / f"epoch_{epoch:03d}.pt", args, config, model, optimizer, scheduler, epoch, fingerprint, {},
+                batches)
     if dist.is_main_process():
         (folder / MID_EPOCH).unlink(missing_ok=True)
         for old in sorted(folder.glob("epoch_*.pt"))[:-_KEEP_EPOCH_CHECKPOINTS]:
