@@ -114,7 +114,6 @@ def _prepare_gt(data: dict, source: str,
             "segmentation": a.get("segmentation"),
             # Ground truth without the flag counts as unseen (plain class-agnostic AR).
             "seen": int(a.get("ignored_split", 0)) == 1,
-            "_order": len(copies),
         }
         per_image[c["image_id"]].append(c)
         copies.append(c)
@@ -153,9 +152,9 @@ def _read_detections(detections, images: dict[int, dict], iou_types) -> _Detecti
     columnar. Polygons and uncompressed RLE are compressed; a missing box is taken from the mask."""
     need_segm = "segm" in iou_types
     store = _Detections(keep_masks=need_segm)
-    seen = missing_images = non_finite = 0
+    total = missing_images = non_finite = 0
     for d in _iter_detections(detections):
-        seen += 1
+        total += 1
         try:
             image_id = d["image_id"]
             score = float(d["score"])
@@ -202,10 +201,10 @@ def _read_detections(detections, images: dict[int, dict], iou_types) -> _Detecti
             counts = rle["counts"]
             store.counts.append(counts.decode("ascii") if isinstance(counts, bytes) else counts)
     if non_finite:
-        raise InputError(f"{non_finite} of {seen} detections have a NaN or infinite score: the detector "
+        raise InputError(f"{non_finite} of {total} detections have a NaN or infinite score: the detector "
                          "diverged or the file is damaged; retrain (or predict again) rather than rank them")
     if missing_images:
-        raise InputError(f"{missing_images} of {seen} detections refer to images that are not in the ground "
+        raise InputError(f"{missing_images} of {total} detections refer to images that are not in the ground "
                          "truth: the detections were made for another evaluation set; predict on --gt's images")
     return store
 
@@ -382,42 +381,46 @@ def evaluate(gt: dict | str | os.PathLike, detections: list | str | os.PathLike,
     image_ids = sorted(images)
     chunks = list(_chunks(image_ids, ranked, chunk_detections, CHUNK_IMAGES)) or [[]]
 
-    results = {}
-    for iou_type in iou_types:
-        matched = npig = None  # [T, A, M] matched objects and [A] objects COCOeval counts, summed over chunks
-        evaluated = dropped = 0
-        for chunk in chunks:
+    matched = {t: 0 for t in iou_types}  # per IoU type, [T, A, M] matched objects summed over chunks
+    npig = 0  # [A] objects COCOeval counts (not crowd, area in range), summed over chunks
+    evaluated = {t: 0 for t in iou_types}
+    dropped = {t: 0 for t in iou_types}
+    for chunk in chunks:
+        # Each image's ground truth in the protocol's order (category by category, as useCats=0 visits it).
+        unseen = [g for image_id in chunk for g in unseen_per_image.get(image_id, ())]
+        gt_dataset = {"images": [images[i] for i in chunk], "annotations": unseen,
+                      "categories": [{"id": 1, "name": "object"}]}
+        counts = None
+        for iou_type in iou_types:
             dets, chunk_dropped = _budget_detections(gt_per_image, ranked, store, images, chunk, iou_type)
-            evaluated += len(dets)
-            dropped += chunk_dropped
-            unseen = [g for image_id in chunk for g in unseen_per_image.get(image_id, ())]
-            # Ground truth in the protocol's order (category by category, as useCats=0 visits it).
-            unseen.sort(key=lambda g: g["_order"])
-            coco_gt = COCO({"images": [images[i] for i in chunk],
-                            "annotations": [{k: v for k, v in g.items() if k != "_order"} for g in unseen],
-                            "categories": [{"id": 1, "name": "object"}]}, print_function=_silent)
+            evaluated[iou_type] += len(dets)
+            dropped[iou_type] += chunk_dropped
+            coco_gt = COCO(gt_dataset, print_function=_silent)
             coco_dt = coco_gt.loadRes(dets)
             ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_silent)
             set_agnostic_params(ev)
             ev.evaluate()
             ev.accumulate()
+            if counts is None:
+                counts = _unignored_counts(unseen, ev.params.areaRng)
+                npig = npig + counts
             recall = np.asarray(ev.eval["recall"])[:, 0]  # [T, A, M]
-            counts = _unignored_counts(unseen, ev.params.areaRng)
             hits = np.where(recall > -1, recall, 0.0) * counts[None, :, None]
             if np.abs(hits - np.rint(hits)).max(initial=0.0) > 1e-6:
                 raise RuntimeError("COCOeval's recall is not matched/objects with the objects counted here; "
                                    "chunked evaluation would differ from one pass (report this)")
-            hits = np.rint(hits).astype(np.int64)
-            matched = hits if matched is None else matched + hits
-            npig = counts if npig is None else npig + counts
+            matched[iou_type] = matched[iou_type] + np.rint(hits).astype(np.int64)
             max_dets, area_labels = list(ev.params.maxDets), list(ev.params.areaRngLbl)
+
+    results = {}
+    for iou_type in iou_types:
         log.info("%s: %d detections evaluated in %d chunk(s), %d matched to seen-class objects left out of the "
-                 "budget", iou_type, evaluated, len(chunks), dropped)
+                 "budget", iou_type, evaluated[iou_type], len(chunks), dropped[iou_type])
         with np.errstate(invalid="ignore", divide="ignore"):
-            recall = np.where(npig[None, :, None] > 0, matched / np.maximum(npig, 1)[None, :, None], -1.0)
+            recall = np.where(npig[None, :, None] > 0, matched[iou_type] / np.maximum(npig, 1)[None, :, None], -1.0)
         results[iou_type] = _ar_from_recall(recall[:, None], max_dets, area_labels)
-        if not num_unseen:
-            log.warning("no unseen-class ground truth: every AR is undefined (-1)")
+    if not num_unseen:
+        log.warning("no unseen-class ground truth: every AR is undefined (-1)")
     return results
 
 
