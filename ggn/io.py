@@ -55,16 +55,18 @@ def _atomic_open(path: Path):
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb"):
-    """A file written under a temporary name beside `path`, fsynced and renamed into place only when the
-    block completes: readers never see half a file, and a killed job leaves the old file (or none)."""
+def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True):
+    """A file written under a temporary name beside `path`, fsynced (unless `fsync` is False) and renamed into
+    place only when the block completes: readers never see half a file, and a killed job leaves the old file (or
+    none). A full disk ends it with DiskFullError, the temporary removed."""
     path = Path(path)
     fd, tmp = _atomic_open(path)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         full = is_disk_full(e, tmp)

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from ggn.classes import SYNTHETIC_SEEN, SYNTHETIC_UNSEEN
-from ggn.io import DiskFullError, InputError, atomic_write_json, is_disk_full
+from ggn.io import InputError, atomic_open, atomic_write_json
 
 log = logging.getLogger("ggn.synth")
 
@@ -366,15 +366,8 @@ def _png_bytes(image: np.ndarray) -> bytes:
 def _write_png(path: Path, image: np.ndarray) -> None:
     """Write-then-rename (atomic) without fsync: images are cheap to regenerate, and the
     annotation JSON, written last and fsynced, is what marks a finished dataset."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(_png_bytes(image))
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(e, tmp):
-            raise DiskFullError(path, e) from None
-        raise
-    os.replace(tmp, path)
+    with atomic_open(path, "wb", fsync=False) as f:
+        f.write(_png_bytes(image))
 
 
 def _render_one(job: tuple[Path, str, int, int, int, int, SceneOptions]) -> tuple[dict, list[dict]]:
