@@ -1,7 +1,13 @@
 """Shared fixtures: a tiny COCO dataset drawn on the fly (no downloads, no shipped images)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +74,53 @@ def save_tiny_pa(path: Path, input_size: int) -> Path:
     cfg = default_pa_config(backbone="resnet18", fpn_dim=16, ppm_dim=16, input_size=input_size)
     atomic_torch_save({"model": build_pa_model(cfg).eval().state_dict(), "config": cfg}, path)
     return path
+
+
+# ---- running `ggn` and stopping or killing it at a chosen point (the fault and preemption tests) ----
+
+BIN = Path(sys.executable).parent
+
+
+def ggn_env() -> dict:
+    """One thread per process, and this venv's `ggn` and `torchrun` first on PATH."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def run_ggn(args: list, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "ggn"), *map(str, args)], capture_output=True, text=True, env=ggn_env())
+    if ok:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def stop_when(proc: subprocess.Popen, ready, log: Path) -> list:
+    """Wait until `ready()`, then SIGSTOP `proc` and its descendants (nothing moves on while the test looks);
+    returns them (psutil processes)."""
+    import psutil
+
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:2]} exited ({proc.returncode}) before the point it was to be stopped at:\n"
+                        f"{log.read_text()}")
+        time.sleep(0.002)
+    root = psutil.Process(proc.pid)
+    tree = [root, *root.children(recursive=True)]
+    for p in tree:
+        p.send_signal(signal.SIGSTOP)
+    return tree
+
+
+def kill_when(cmd: list, ready, log: Path) -> None:
+    """Run `cmd`; when `ready()` turns true, stop it and its descendants and kill them with SIGKILL."""
+    import psutil
+
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, env=ggn_env())
+    tree: list = []
+    try:
+        tree = stop_when(proc, ready, log)
+    finally:
+        for p in tree or [psutil.Process(proc.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.wait()

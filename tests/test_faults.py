@@ -9,8 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,49 +19,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_tiny_coco, save_tiny_pa
+from conftest import BIN, ggn_env, kill_when, make_tiny_coco, run_ggn, save_tiny_pa, stop_when
 from ggn import merge
 from ggn.extract import SHARD_SCHEMA
 from ggn.io import DiskFullError, atomic_torch_save, atomic_write_json, load_checkpoint
 from ggn.masks import encode_mask
 from test_preemption import DETECTOR, PA
 from test_workflow import SNAKEMAKE, tiny_config
-
-BIN = Path(sys.executable).parent
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def _ggn(args: list[str], ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "ggn"), *map(str, args)], capture_output=True, text=True, env=_env())
-    if ok:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def _kill_when(cmd: list[str], ready, log: Path) -> None:
-    """Run `cmd`; when `ready()` turns true, stop the process and its descendants (SIGSTOP, so nothing moves on
-    while the test looks) and kill them with SIGKILL."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, env=_env())
-    tree: list[psutil.Process] = []
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                pytest.fail(f"{cmd[1]} exited ({proc.returncode}) before the kill point:\n{log.read_text()}")
-            time.sleep(0.002)
-        root = psutil.Process(proc.pid)
-        tree = [root, *root.children(recursive=True)]
-        for p in tree:
-            p.send_signal(signal.SIGSTOP)
-    finally:
-        for p in tree or [psutil.Process(proc.pid)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        proc.wait()
-
 
 # ---- SIGKILL of an extraction shard and of the merge ----
 
@@ -78,15 +40,15 @@ def test_sigkilled_extraction_shard_resumes_to_the_identical_rows(tmp_path, pa_c
     common = ["extract", "--checkpoint", pa_checkpoint, "--annotations", ann, "--images", images, "--shard", "0",
               "--num-shards", "1", "--input-size", "64", "--batch-size", "1", "--flush-every", "1", "--device", "cpu"]
     straight = tmp_path / "straight" / "0-of-1.parquet"
-    _ggn([*common, "--out", straight])
+    run_ggn([*common, "--out", straight])
 
     out = tmp_path / "killed" / "0-of-1.parquet"
     parts = out.with_name(out.name + ".parts")
-    _kill_when([BIN / "ggn", *common, "--out", out], lambda: any(parts.glob("part-*.parquet")), tmp_path / "kill.log")
+    kill_when([BIN / "ggn", *common, "--out", out], lambda: any(parts.glob("part-*.parquet")), tmp_path / "kill.log")
     flushed = len(list(parts.glob("part-*.parquet")))
     assert not out.exists() and 1 <= flushed < 6, "killed after the shard was written, or before any part"
 
-    resumed = _ggn([*common, "--out", out])
+    resumed = run_ggn([*common, "--out", out])
     assert f"{flushed} of 6 images already done" in resumed.stdout + resumed.stderr, resumed.stderr
     a, b = pq.read_table(straight), pq.read_table(out)
     assert a.num_rows > 0
@@ -177,16 +139,16 @@ def test_interrupted_merge_filters_only_the_shards_it_had_not_finished(tmp_path,
 def test_sigkilled_merge_resumes_from_its_parts_to_identical_outputs(tmp_path):
     shards, ann = _shards(tmp_path / "shards", num_shards=60, images_per_shard=20)
     straight = tmp_path / "straight" / "pseudo_gt.json"
-    _ggn(_merge_args(shards, ann, straight))
+    run_ggn(_merge_args(shards, ann, straight))
 
     out = tmp_path / "killed" / "pseudo_gt.json"
     parts = merge.parts_dir_for(out)
-    _kill_when([BIN / "ggn", *_merge_args(shards, ann, out)], lambda: (parts / "part-00000.json").is_file(),
+    kill_when([BIN / "ggn", *_merge_args(shards, ann, out)], lambda: (parts / "part-00000.json").is_file(),
                tmp_path / "kill.log")
     done = len(list(parts.glob("part-*.json")))
     assert not out.exists() and 1 <= done < 60, f"killed with {done} of 60 parts done"
 
-    resumed = _ggn(_merge_args(shards, ann, out))
+    resumed = run_ggn(_merge_args(shards, ann, out))
     assert f"resumed: {done} of 60 shards were filtered before" in resumed.stderr, resumed.stderr
     assert out.read_bytes() == straight.read_bytes()
     assert _store_rows(out.parent / "store") == _store_rows(straight.parent / "store")
@@ -226,7 +188,7 @@ DIVERGE = {  # a learning rate far too high, reached by the warm-up within the f
 def test_non_finite_loss_stops_training_naming_the_iteration_and_keeps_the_last_good_checkpoint(tmp_path, step):
     ann, images = make_tiny_coco(tmp_path / "data", num_images=6)
     out = tmp_path / "run" / "checkpoint.pt"
-    proc = _ggn([step, "--train-json", ann, "--images", images, "--out", out, *DIVERGE[step], "--batch-size", "1",
+    proc = run_ggn([step, "--train-json", ann, "--images", images, "--out", out, *DIVERGE[step], "--batch-size", "1",
                  "--workers", "0", "--threads", "1", "--warmup-iters", "6", "--epochs", "3",
                  "--checkpoint-minutes", "1e-9"], ok=False)
     message = proc.stderr.strip().splitlines()[-1]
@@ -299,7 +261,7 @@ def test_disk_full_while_writing_a_shard_part_keeps_the_shard_resumable(small_di
 def test_disk_full_in_ggn_merge_is_a_clear_error_without_a_traceback(tmp_path, small_disk):
     shards, ann = _shards(tmp_path / "shards", num_shards=2, images_per_shard=1500, candidates=3)
     out = small_disk / "pseudo_gt.json"
-    proc = _ggn(["merge", "--shards", *shards, "--annotations", ann, "--out", out, "--top-k", "3",
+    proc = run_ggn(["merge", "--shards", *shards, "--annotations", ann, "--out", out, "--top-k", "3",
                  "--gt-iou-max", "1.01"], ok=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "disk full while writing" in proc.stderr and str(small_disk) in proc.stderr, proc.stderr
@@ -320,20 +282,13 @@ def test_a_second_snakemake_on_the_same_working_directory_is_refused_and_the_fir
     log = tmp_path / "first.log"
     with open(log, "w") as out:
         first = subprocess.Popen([*SNAKEMAKE, "--cores", "1", *target], cwd=work, stdout=out,
-                                 stderr=subprocess.STDOUT, env=_env())
+                                 stderr=subprocess.STDOUT, env=ggn_env())
     locks = work / ".snakemake" / "locks"
-    tree: list[psutil.Process] = []
+    tree = []
     try:
-        while not any(locks.glob("*.lock")):
-            if first.poll() is not None:
-                pytest.fail(f"the first run ended before it locked the folder:\n{log.read_text()}")
-            time.sleep(0.01)
-        root = psutil.Process(first.pid)  # held still while the second run tries
-        tree = [root, *root.children(recursive=True)]
-        for p in tree:
-            p.send_signal(signal.SIGSTOP)
+        tree = stop_when(first, lambda: any(locks.glob("*.lock")), log)  # held still while the second run tries
         second = subprocess.run([*SNAKEMAKE, "--cores", "1", *target], cwd=work, capture_output=True, text=True,
-                                env=_env())
+                                env=ggn_env())
     finally:
         for p in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -344,5 +299,5 @@ def test_a_second_snakemake_on_the_same_working_directory_is_refused_and_the_fir
     train = json.loads((work / "results" / "tiny" / "data" / "train.json").read_text())
     assert train["images"] and train["annotations"]
     assert not any(locks.glob("*.lock"))
-    plan = subprocess.run([*SNAKEMAKE, "-n", *target], cwd=work, capture_output=True, text=True, env=_env())
+    plan = subprocess.run([*SNAKEMAKE, "-n", *target], cwd=work, capture_output=True, text=True, env=ggn_env())
     assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout + plan.stderr

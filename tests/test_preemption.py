@@ -8,22 +8,14 @@ that checkpoint and end with the weights of an uninterrupted run, bit for bit.
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
-from conftest import make_tiny_coco
+from conftest import BIN, kill_when, make_tiny_coco, run_ggn
 from ggn.io import load_checkpoint
 
-BIN = Path(sys.executable).parent
 IMAGES = 8  # batch 1: 8 batches per epoch in one process, 4 per rank in two
 
 DETECTOR = ["--backbone", "resnet18", "--fpn-channels", "16", "--representation-size", "32", "--mask-channels", "16",
@@ -36,41 +28,6 @@ COMMON = ["--batch-size", "1", "--workers", "0", "--threads", "1", "--warmup-ite
 pytestmark = pytest.mark.slow
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def _ggn(args: list[str]) -> str:
-    proc = subprocess.run([str(BIN / "ggn"), *args], capture_output=True, text=True, env=_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout + proc.stderr
-
-
-def _kill_mid_epoch(cmd: list[str], epochs: Path, log: Path) -> None:
-    """Run `cmd`; stop it and its descendants when epochs/mid_epoch.pt appears, then kill them."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env())
-    tree: list[psutil.Process] = []
-    try:
-        while not (epochs / "mid_epoch.pt").is_file():
-            if proc.poll() is not None:
-                pytest.fail(f"{' '.join(cmd)} exited ({proc.returncode}) before a mid-epoch checkpoint:\n"
-                            f"{log.read_text()}")
-            time.sleep(0.01)
-        root = psutil.Process(proc.pid)
-        tree = [root, *root.children(recursive=True)]
-        for p in tree:
-            p.send_signal(signal.SIGSTOP)
-        assert not list(epochs.glob("epoch_*.pt")), "the run ended its first epoch before it could be stopped"
-    finally:
-        for p in tree or [psutil.Process(proc.pid)]:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait()
-
-
 @pytest.mark.parametrize("step, processes", [("train-detector", 1), ("train-pa", 1), ("train-detector", 2)])
 def test_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, step, processes):
     ann, images = make_tiny_coco(tmp_path / "data", num_images=IMAGES)
@@ -79,12 +36,12 @@ def test_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, step, pr
     batches = IMAGES // processes
 
     straight = tmp_path / "straight" / "checkpoint.pt"
-    _ggn([*common, "--out", str(straight), "--checkpoint-minutes", "0"])
+    run_ggn([*common, "--out", str(straight), "--checkpoint-minutes", "0"])
 
     resumed = tmp_path / "resumed" / "checkpoint.pt"
     epochs = resumed.parent / "epochs"
-    _kill_mid_epoch([str(BIN / "ggn"), *common, "--out", str(resumed), "--checkpoint-minutes", "1e-9"], epochs,
-                    tmp_path / "killed.log")
+    kill_when([BIN / "ggn", *common, "--out", resumed, "--checkpoint-minutes", "1e-9"],
+              lambda: (epochs / "mid_epoch.pt").is_file(), tmp_path / "killed.log")
     assert not resumed.exists() and not list(epochs.glob("epoch_*.pt"))  # killed within epoch 1
     state = load_checkpoint(epochs / "mid_epoch.pt")
     done = state["batches_done"]
@@ -92,7 +49,8 @@ def test_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, step, pr
     assert len(state["rng_per_rank"]) == processes
 
     # the same command again (default interval) continues after the batches trained before the kill
-    out = _ggn([*common, "--out", str(resumed)])
+    proc = run_ggn([*common, "--out", str(resumed)])
+    out = proc.stdout + proc.stderr
     assert re.search(rf"resuming from \S+mid_epoch.pt in epoch 1 after its first {done} of {batches} batches", out), out
     a, b = load_checkpoint(straight)["model"], load_checkpoint(resumed)["model"]
     assert a.keys() == b.keys()
