@@ -33,9 +33,10 @@ from pycocotools import mask as mask_utils
 HEIGHT, WIDTH = 480, 640
 
 
-def _encode(masks: list[np.ndarray]) -> list[str]:
+def _encode(masks: list[np.ndarray]) -> tuple[list[str], list[list[float]]]:
+    """Compressed RLE strings and xywh boxes of boolean masks."""
     rles = mask_utils.encode(np.asfortranarray(np.stack(masks, axis=2).astype(np.uint8)))
-    return [r["counts"].decode("ascii") for r in rles]
+    return [r["counts"].decode("ascii") for r in rles], mask_utils.toBbox(rles).tolist()
 
 
 def make_scene(rng: np.random.Generator, dets_per_image: int):
@@ -61,11 +62,9 @@ def make_scene(rng: np.random.Generator, dets_per_image: int):
         m = np.zeros((HEIGHT, WIDTH), bool)
         m[y:y + h, x:x + w] = True
         pool.append(m)
-    counts = _encode(pool)
-    boxes = mask_utils.toBbox([{"size": [HEIGHT, WIDTH], "counts": c.encode()} for c in counts]).tolist()
+    counts, boxes = _encode(pool)
     gt = [{"counts": c, "bbox": b, "area": float(m.sum()), **o}
-          for c, b, m, o in zip(_encode(masks), mask_utils.toBbox(mask_utils.encode(np.asfortranarray(
-              np.stack(masks, axis=2).astype(np.uint8)))).tolist(), masks, objects)] if masks else []
+          for c, b, m, o in zip(*_encode(masks), masks, objects)] if masks else []
     picks = rng.integers(0, len(pool), dets_per_image)
     scores = rng.random(dets_per_image)
     fragments = [
