@@ -5,23 +5,58 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 STAMP  := $(VENV)/.ggn-installed
 
-.PHONY: install demo test test-fast lint bench clean slurm-profile
+.PHONY: install lock demo test test-fast lint bench clean distclean slurm-profile
 
 # Where Snakemake looks for `--profile NAME` (besides the working directory and /etc/xdg/snakemake).
 SNAKEMAKE_PROFILES ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 
 install: $(STAMP)
 
-# torch/torchvision are pinned exactly in pyproject.toml. PyPI's build is for CUDA 13 (sm_75 and newer, driver
-# >= 580); for V100s (sm_70) or older drivers take the same versions built for CUDA 12.6:
+# Every Python package is installed from LOCK: exact versions with their sha256 hashes, for Linux x86-64 and
+# CPython 3.11 (made by `make lock`). pyproject.toml keeps the ranges, for installing the package into an
+# environment of one's own. pip's hash-checking mode refuses an editable requirement, so the project itself
+# goes in afterwards with --no-deps (its build still fetches setuptools, Cython and numpy to compile pa_lib).
+LOCK := requirements.lock
+
+# PyPI's torch 2.14.1 (the one in LOCK, with its nvidia-*/cuda-* libraries) is built for CUDA 13: sm_75 and
+# newer, driver >= 580. For V100s (sm_70) or older drivers take the same versions built for CUDA 12.6:
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cu126
-TORCH_INDEX ?=
-$(STAMP): pyproject.toml setup.py pa_lib/_kernels.pyx
+# Then everything in LOCK except torch, torchvision and the CUDA 13 libraries (TORCH_FAMILY: the lines it
+# matches are cut out into build/lock-no-torch.txt) is installed hash-checked as usual, and torch==2.14.1 and
+# torchvision==0.29.1 come from TORCH_INDEX with their own CUDA 12.6 libraries, checked by version, not hash.
+TORCH_INDEX  ?=
+TORCH_FAMILY := ^(torch|torchvision|triton|nvidia-|cuda-)
+TORCH_PINS   := torch==2.14.1 torchvision==0.29.1
+
+# A venv made earlier by an older Python is not reused: it is reported, with what to do instead.
+$(STAMP): $(LOCK) pyproject.toml setup.py pa_lib/_kernels.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11) and "$(VENV) runs Python %s but this project needs 3.11 or newer: rm -rf $(VENV) && make install PYTHON=python3.11" % sys.version.split()[0])'
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
-	$(if $(TORCH_INDEX),$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1 --index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -e '.[test]'
+ifeq ($(TORCH_INDEX),)
+	$(BIN)/python -m pip install --require-hashes -r $(LOCK)
+else
+	mkdir -p build
+	awk '/^[^ #]/ { skip = ($$0 ~ /$(TORCH_FAMILY)/) } !skip' $(LOCK) > build/lock-no-torch.txt
+	$(BIN)/python -m pip install --require-hashes -r build/lock-no-torch.txt
+	$(BIN)/python -m pip install $(TORCH_PINS) --index-url $(TORCH_INDEX)
+endif
+	$(BIN)/python -m pip install --no-deps -e .
 	touch $(STAMP)
+
+# Writes LOCK again from pyproject.toml's dependencies and its `test` extra, with pip-tools in a venv of its own
+# (build/lock-tools) and the Python of LOCK_PYTHON; run it on Linux x86-64. Pins already in LOCK are kept where
+# they still fit; `make lock LOCK_ARGS=--upgrade` moves every package to its newest fitting release. It reads
+# package metadata and PyPI's published hashes and downloads no torch wheel.
+LOCK_PYTHON ?= python3.11
+LOCK_TOOLS  := build/lock-tools
+LOCK_ARGS   ?=
+LOCK_CMD    := pip-compile --generate-hashes --allow-unsafe --strip-extras --extra=test --no-emit-index-url \
+	--no-emit-find-links --output-file=$(LOCK) pyproject.toml
+lock:
+	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(LOCK_PYTHON) -m venv $(LOCK_TOOLS) && \
+		$(LOCK_TOOLS)/bin/python -m pip install pip-tools==7.7.0; }
+	CUSTOM_COMPILE_COMMAND="make lock, which runs: $(LOCK_CMD)" $(LOCK_TOOLS)/bin/$(LOCK_CMD) $(LOCK_ARGS)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
@@ -50,5 +85,10 @@ slurm-profile:
 		echo "installed $(SNAKEMAKE_PROFILES)/slurm: set your partitions and account there, then: snakemake --profile slurm all"; \
 	fi
 
+# clean leaves .venv alone but drops its stamp, since the compiled pa_lib it removes comes back with the next
+# install; distclean removes .venv too.
 clean:
-	rm -rf results .snakemake build pa_lib/*.c pa_lib/*.so
+	rm -rf results .snakemake build pa_lib/*.c pa_lib/*.so $(STAMP)
+
+distclean: clean
+	rm -rf $(VENV)

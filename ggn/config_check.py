@@ -59,6 +59,15 @@ def check_stage_keys(name: str, exp: dict) -> None:
             raise ConfigError(f"experiment {name!r}: block {block}: {str(e).removeprefix('error: ')}") from None
 
 
+def check_seeds(name: str, exp: dict) -> None:
+    """A replicate's seed comes from the experiment's `seeds` list alone: a `seed` in a stage block would make
+    every replicate the same run, or pair GGN's seed with another seed of its PA network."""
+    for block in ("pa", "detector"):
+        if "seed" in (exp.get(block) or {}):
+            raise ConfigError(f"experiment {name!r}: {block}.seed is set per replicate by the experiment's `seeds` "
+                              f"list (e.g. `seeds: [{exp[block]['seed']}]`); remove {block}.seed")
+
+
 def _must_exist(name: str, key: str, path: str, folder: bool | None = None) -> None:
     p = Path(path)
     where = "" if p.is_absolute() else f" (relative to {os.getcwd()}, where snakemake runs)"
@@ -104,6 +113,7 @@ def check_config(config: dict, experiments: list[str]) -> None:
                 wanted.append(source)
     for name in wanted:
         exp = config["experiments"][name]
+        check_seeds(name, exp)
         check_stage_keys(name, exp)
         check_paths(name, exp)
     try:

@@ -323,3 +323,25 @@ def load_state_into(model, state: dict, path, what: str) -> None:
         raise InputError(f"{what} checkpoint {path}: its tensors do not fit the network its config describes "
                          f"({str(e).strip().splitlines()[0]:.200}); it was edited or written by another version: "
                          "train it again") from None
+
+
+def machine_provenance() -> dict:
+    """What produced a result: versions of torch, torchvision and numpy, and the CPU or GPU model it ran on
+    (stored in final checkpoints and copied into table rows, so that a number names its machine)."""
+    import platform
+
+    import numpy
+    import torch
+    import torchvision
+
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux: the marketing name of the first core
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    record = {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+              "python": platform.python_version(), "cpu": cpu, "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        record["gpu"] = f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
+    return record

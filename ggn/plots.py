@@ -37,24 +37,45 @@ def _named(items: list[str] | None, flag: str) -> list[tuple[str, list[Path]]]:
     return groups
 
 
-def ar_curves(metrics: list[tuple[str, Path]]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
-    """{variant: {"bbox"|"segm": (ks, AR in percent)}} from metrics files."""
+def _one_curve(name: str, path: Path) -> dict[str, tuple[list[int], list[float]]]:
+    data = read_json(path, f"{name} metrics")
+    out = {}
+    for iou_type in ("bbox", "segm"):
+        values = data.get(iou_type) if isinstance(data, dict) else None
+        if not isinstance(values, dict):
+            raise InputError(f"{path} has no '{iou_type}' metrics; it must be the output of `ggn evaluate`")
+        ks = sorted(int(k[3:]) for k in values if k.startswith("AR@") and k[3:].isdigit())
+        if not ks:
+            raise InputError(f"{path} has no AR@k values under '{iou_type}'; it must be `ggn evaluate` output")
+        out[iou_type] = (ks, [100.0 * float(values[f"AR@{k}"]) for k in ks])
+    return out
+
+
+def ar_curves(metrics: list[tuple[str, list[Path]]]) -> dict[str, dict[str, tuple[list[int], np.ndarray, np.ndarray | None, int]]]:
+    """{variant: {"bbox"|"segm": (ks, mean AR in percent, 95% t half-width or None, n)}} from metrics files, one
+    per seed for each variant (the band is the interval of the mean over seeds; none with one seed)."""
+    from ggn.stats import t_quantile
+
     curves = {}
-    for name, path in metrics:
-        data = read_json(path, f"{name} metrics")
+    for name, paths in metrics:
+        runs = [_one_curve(name, Path(p)) for p in paths]
         curves[name] = {}
         for iou_type in ("bbox", "segm"):
-            values = data.get(iou_type) if isinstance(data, dict) else None
-            if not isinstance(values, dict):
-                raise InputError(f"{path} has no '{iou_type}' metrics; it must be the output of `ggn evaluate`")
-            ks = sorted(int(k[3:]) for k in values if k.startswith("AR@") and k[3:].isdigit())
-            if not ks:
-                raise InputError(f"{path} has no AR@k values under '{iou_type}'; it must be `ggn evaluate` output")
-            curves[name][iou_type] = (ks, [100.0 * float(values[f"AR@{k}"]) for k in ks])
+            ks = runs[0][iou_type][0]
+            for path, run in zip(paths, runs):
+                if run[iou_type][0] != ks:
+                    raise InputError(f"{path}: AR@k at k = {run[iou_type][0]}, but {paths[0]} has k = {ks}; "
+                                     "evaluate every seed with the same settings")
+            values = np.array([run[iou_type][1] for run in runs], dtype=float)
+            mean = values.mean(axis=0)
+            half = None
+            if len(runs) > 1:
+                half = t_quantile(len(runs) - 1) * values.std(axis=0, ddof=1) / np.sqrt(len(runs))
+            curves[name][iou_type] = (ks, mean, half, len(runs))
     return curves
 
 
-def plot_curves(metrics: list[tuple[str, Path]], out: Path) -> None:
+def plot_curves(metrics: list[tuple[str, list[Path]]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,12 +85,18 @@ def plot_curves(metrics: list[tuple[str, Path]], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=SIZE_INCHES)
     for ax, (iou_type, label) in zip(axes, (("bbox", "box"), ("segm", "mask"))):
         for name, by_type in curves.items():
-            ks, ar = by_type[iou_type]
-            ax.plot(ks, ar, marker="o", markersize=3, label=name, color=COLOURS.get(name))
+            ks, ar, half, n = by_type[iou_type]
+            colour = COLOURS.get(name)
+            ax.plot(ks, ar, marker="o", markersize=3, label=f"{name} (mean of {n})" if n > 1 else name,
+                    color=colour)
+            if half is not None:
+                ax.fill_between(ks, ar - half, ar + half, color=colour, alpha=0.2, linewidth=0)
         ax.set_xscale("log")
         ax.set_xlabel("k (detections per image)")
         ax.set_ylabel(f"{label} AR@k on unseen classes (%)")
-        ax.set_title(f"{label} AR@k")
+        ax.set_title(f"{label} AR@k" + (" (band: 95% interval of the mean over seeds)"
+                                         if any(c[iou_type][3] > 1 for c in curves.values()) else ""),
+                     fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -128,8 +155,10 @@ def _save(fig, path: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metrics", nargs="+", metavar="NAME=PATH",
-                        help="`ggn evaluate` metrics per variant, e.g. baseline=eval/baseline.json ggn=eval/ggn.json")
+    parser.add_argument("--metrics", nargs="+", metavar="NAME=PATH [PATH ...]",
+                        help="`ggn evaluate` metrics per variant, one file per seed, e.g. baseline=seed0/eval/"
+                             "baseline.json seed1/eval/baseline.json ggn=seed0/eval/ggn.json seed1/eval/ggn.json; "
+                             "several seeds draw their mean with a band (95%% interval of the mean)")
     parser.add_argument("--curves", type=Path, help="AR@k curves PNG to write (needs --metrics)")
     parser.add_argument("--shards", nargs="+", metavar="NAME=SHARD [SHARD ...]",
                         help="extraction shards per pseudo-GT source, e.g. ggn=s/0-of-2.parquet s/1-of-2.parquet "
@@ -141,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     if args.curves is None and args.histograms is None:
         raise InputError("nothing to plot: give --curves (with --metrics) and/or --histograms (with --shards)")
     if args.curves is not None:
-        metrics = [(name, paths[0]) for name, paths in _named(args.metrics, "--metrics")]
+        metrics = _named(args.metrics, "--metrics")  # NAME=SEED0.json SEED1.json ...: one file per seed
         if not metrics:
             raise InputError("--curves needs --metrics NAME=PATH ...")
         plot_curves(metrics, args.curves)

@@ -81,8 +81,8 @@ def test_dry_run_makes_what_the_report_embeds(tmp_path):
     cfg.write_text(yaml.safe_dump(config))
     out = snakemake("-n", "--forceall", "--configfile", str(cfg))
     for target in ("table.html", "tiny/figures/ar_curves.png", "tiny/figures/candidate_histograms.png",
-                   "tiny/figures/panels", "tiny/pseudo/quality.json", "tiny/pseudo_control/quality.json",
-                   "tiny/pseudo_control/pseudo_gt.json", "tiny/detector/control/checkpoint.pt"):
+                   "tiny/figures/panels", "tiny/seed0/pseudo/quality.json", "tiny/pseudo_control/quality.json",
+                   "tiny/pseudo_control/pseudo_gt.json", "tiny/seed0/detector/control/checkpoint.pt"):
         assert f"{results}/{target}" in out, f"{target} not made by `all`:\n{out}"
 
 
@@ -129,13 +129,14 @@ def test_job_resources_follow_the_experiment(tmp_path):
     out = snakemake("-n", "--forceall", "--cores", "8", "--configfile", str(cfg), "--set-resources", "merge:mem_mb=4321")
     jobs = {path: {k: v for k, v in values.items() if k in ("threads", "mem_mb", "runtime", "gpu", "nodes")}
             for path, values in _dry_run_jobs(out, results).items()}
-    assert jobs["tiny/pseudo/shards/0-of-2.parquet"] == jobs["tiny/pseudo/shards/1-of-2.parquet"] == {
+    assert jobs["tiny/seed0/pseudo/shards/0-of-2.parquet"] == jobs["tiny/seed0/pseudo/shards/1-of-2.parquet"] == {
         "threads": "3", "mem_mb": "1234", "runtime": "7", "gpu": "1"}
-    assert jobs["tiny/pa/checkpoint.pt"] == {"threads": "2", "mem_mb": "2000", "runtime": "15", "gpu": "1", "nodes": "1"}
+    assert jobs["tiny/seed0/pa/checkpoint.pt"] == {"threads": "2", "mem_mb": "2000", "runtime": "15", "gpu": "1",
+                                                   "nodes": "1"}
     for variant in ("baseline", "ggn"):  # the schema's default (40 threads, capped at --cores 8 here)
-        assert jobs[f"tiny/detector/{variant}/checkpoint.pt"] == {
+        assert jobs[f"tiny/seed0/detector/{variant}/checkpoint.pt"] == {
             "threads": "8", "mem_mb": "32000", "runtime": "4320", "gpu": "1", "nodes": "1"}
-    assert jobs["tiny/pseudo/pseudo_gt.json"] == {"threads": "1", "mem_mb": "4321", "runtime": "15"}
+    assert jobs["tiny/seed0/pseudo/pseudo_gt.json"] == {"threads": "1", "mem_mb": "4321", "runtime": "15"}
     assert jobs["table.csv"] == {"threads": "1", "mem_mb": "2000", "runtime": "15"}
 
 
@@ -146,6 +147,71 @@ def _refused(config: dict, tmp_path: Path) -> str:
                           text=True)
     assert proc.returncode != 0 and "Job stats" not in proc.stdout, proc.stdout
     return proc.stdout + proc.stderr
+
+
+def _outputs(out: str) -> list[str]:
+    """Every output path of a dry run's jobs."""
+    paths = []
+    for block in out.split("\nrule ")[1:]:
+        for line in block.splitlines()[1:]:
+            if line.strip().startswith("output: "):
+                paths += [p.strip() for p in line.strip()[len("output: "):].split(",")]
+    return paths
+
+
+def test_seeds_pair_and_adding_one_runs_only_its_jobs(tmp_path):
+    """3 seeds: 3 PA trainings and 3 x 3 detectors under seed{s}/, GGN's seed s extracting with the PA network of
+    seed s; the control's pseudo-GT (the image gradient) is made once. With those outputs in place, adding a
+    fourth seed schedules only that seed's jobs and the row, table and curves that gather every seed; removing
+    one reruns no training."""
+    results = tmp_path / "results"
+    config = tiny_config(results)
+    exp = config["experiments"]["tiny"]
+    exp["variants"] = ["baseline", "control", "ggn"]
+    exp["seeds"] = [0, 1, 2]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "-p", "--configfile", str(cfg), cwd=tmp_path)
+    stats = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
+    assert stats["train_pa"] == "3" and stats["train_detector"] == "9" and stats["predict"] == "9", stats
+    assert stats["merge"] == "4" and stats["eval_pa"] == "3", stats  # 3 seeds of the PA network's + 1 control
+    for seed in (0, 1, 2):
+        extract = [c for c in out.splitlines() if "ggn extract" in c and f"tiny/seed{seed}/pseudo/shards" in c]
+        assert extract and all(f"--checkpoint {results}/tiny/seed{seed}/pa/checkpoint.pt" in c for c in extract)
+        train = next(c for c in out.splitlines() if f"tiny/seed{seed}/detector/ggn/checkpoint.pt" in c
+                     and "ggn train-detector" in c)
+        assert f"--pseudo-gt {results}/tiny/seed{seed}/pseudo/pseudo_gt.json" in train and f"--seed {seed}" in train
+    assert sum("ggn extract --affinity gradient" in c for c in out.splitlines()) == 2  # 2 shards, once for all seeds
+    row = next(c for c in out.splitlines() if "ggn table row" in c)
+    assert "--seeds 0 1 2" in row and row.count("/eval/ggn.json") == 3
+
+    # Put every output in place (as a finished run leaves them), then add seed 3.
+    for path in _outputs(out):
+        target = Path(path)
+        if target.suffix:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("")
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+    # --touch --forceall records each job's provenance as a real run does (its input files among them)
+    snakemake("--touch", "--forceall", "--cores", "1", "--configfile", str(cfg), cwd=tmp_path)
+    exp["seeds"] = [0, 1, 2, 3]
+    cfg.write_text(yaml.safe_dump(config))
+    planned = _outputs(snakemake("-n", "--configfile", str(cfg), cwd=tmp_path))
+    seeded = [p for p in planned if "/seed" in p]
+    assert seeded and all("/seed3/" in p for p in seeded), planned
+    assert {Path(p).name for p in planned if "/seed" not in p} <= {
+        "row.json", "table.csv", "table.md", "table.html", "ar_curves.png", "candidate_histograms.png"}, planned
+    exp["seeds"] = [0, 2]
+    cfg.write_text(yaml.safe_dump(config))
+    planned = _outputs(snakemake("-n", "--configfile", str(cfg), cwd=tmp_path))
+    assert not [p for p in planned if "/seed" in p], planned
+
+
+def test_a_seed_in_a_stage_block_is_refused(tmp_path):
+    config = tiny_config(tmp_path / "results")
+    config["experiments"]["tiny"]["detector"]["seed"] = 1
+    assert "detector.seed is set per replicate by the experiment's `seeds` list" in _refused(config, tmp_path)
 
 
 def test_typo_in_a_stage_key_is_refused_before_any_job(tmp_path):
@@ -221,17 +287,19 @@ def test_tiny_pipeline_end_to_end_and_incremental(tmp_path):
     table = (results / "table.csv").read_text()
     assert table.startswith("experiment,") and "\ntiny," in table
     for variant in ("baseline", "control", "ggn"):
-        metrics = json.loads((results / "tiny" / "eval" / f"{variant}.json").read_text())
+        metrics = json.loads((results / "tiny" / "seed0" / "eval" / f"{variant}.json").read_text())
         assert set(metrics) == {"bbox", "segm"} and "AR@100" in metrics["segm"]
-    assert (results / "tiny" / "pseudo" / "shards" / "1-of-2.parquet").is_file()
+    assert (results / "tiny" / "seed0" / "pseudo" / "shards" / "1-of-2.parquet").is_file()
     # The control's pseudo-GT: the same grouping on the image gradient, no PA network.
     summary = json.loads((results / "tiny" / "pseudo_control" / "shards" / "1-of-2.parquet.summary.json").read_text())
     assert summary["affinity"] == "gradient" and summary["checkpoint"] is None
-    for folder in ("pseudo", "pseudo_control"):
+    for folder in ("seed0/pseudo", "pseudo_control"):
         quality = json.loads((results / "tiny" / folder / "quality.json").read_text())
         assert quality["unseen_objects"] > 0 and set(quality["recall"]) == {"top-1", "top-3", "top-20"}
     row = json.loads((results / "tiny" / "row.json").read_text())
     assert row["control_mask_AR@100"] is not None and row["control_pseudo_recall@20"] is not None
+    assert row["n"] == 1 and row["gain_mask_AR@100_ci_low"] is None  # one seed: no interval
+    assert row["versions"].startswith("torch ") and row["machine"]
     assert "baseline → control → GGN" in (results / "table.md").read_text()
     figures = results / "tiny" / "figures"
     assert sorted(p.name for p in (figures / "panels").glob("*.png")) == [f"{kind}-{i}.png" for kind in ("eval", "mined")
@@ -251,7 +319,7 @@ def test_tiny_pipeline_end_to_end_and_incremental(tmp_path):
     assert "merge" in out and "train_detector" in out
     assert "train_pa" not in out and "extract" not in out
     plan = snakemake("-n", "-p", "--configfile", str(cfg))
-    assert "tiny/detector/ggn/checkpoint.pt" in plan and "tiny/detector/control/checkpoint.pt" in plan
+    assert "tiny/seed0/detector/ggn/checkpoint.pt" in plan and "tiny/seed0/detector/control/checkpoint.pt" in plan
     assert "train-detector --variant baseline" not in plan
 
 

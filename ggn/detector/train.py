@@ -28,7 +28,7 @@ from ggn.detector.data import build_training_dataset
 from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained, trainable_summary
 from ggn.dist import (add_batch_arguments, barrier, cleanup, effective_lr, gather_counts, gather_objects,
                       init_distributed, is_main_process, rank0_decides, relaunch, under_launcher, unwrap)
-from ggn.io import (InputError, atomic_torch_save, load_checkpoint, seed_everything, stop_on_non_finite_loss,
+from ggn.io import (InputError, atomic_torch_save, machine_provenance, load_checkpoint, seed_everything, stop_on_non_finite_loss,
                     stop_on_non_finite_weights, training_fingerprint)
 
 log = logging.getLogger(__name__)
@@ -371,7 +371,8 @@ def run(args: argparse.Namespace) -> int:
         train_info = {k: v for k, v in vars(args).items()
                       if k not in MODEL_FLAGS and not k.startswith("_") and isinstance(v, (int, float, str, list, type(None)))}
         train_info |= {"effective_lr": lr, "world_size": world, "total_batch": args.batch_size * world}
-        atomic_torch_save({"model": unwrap(model).state_dict(), "config": config | {"training": train_info}}, out)
+        atomic_torch_save({"model": unwrap(model).state_dict(), "config": config | {"training": train_info},
+                           "provenance": machine_provenance()}, out)
         log.info("detector written to %s (loss log %s)", out, log_path)
     cleanup()
     return 0

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ggn import dist
-from ggn.io import (InputError, atomic_torch_save, load_checkpoint, seed_everything, stop_on_non_finite_loss,
+from ggn.io import (InputError, atomic_torch_save, machine_provenance, load_checkpoint, seed_everything, stop_on_non_finite_loss,
                     stop_on_non_finite_weights, training_fingerprint)
 from ggn.pa.data import PATrainingSet, collate_padded
 from ggn.pa.model import build_pa_model, default_pa_config, normalize_images
@@ -314,7 +314,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
 
     if main:
         state = {k: v.detach().cpu() for k, v in dist.unwrap(model).state_dict().items()}
-        atomic_torch_save({"model": state, "config": config}, args.out)
+        atomic_torch_save({"model": state, "config": config, "provenance": machine_provenance()}, args.out)
         log.info("PA checkpoint written to %s", args.out)
     dist.barrier()
     return Path(args.out)

@@ -68,9 +68,24 @@ except ConfigError as _error:
 wildcard_constraints:
     exp="|".join(map(re.escape, config["experiments"])),
     variant="baseline|control|ggn",
-    control="(_control)?",  # empty: the PA network's pseudo-GT (pseudo/); _control: the image gradient's
+    seed=r"\d+",
+    # A pseudo-GT folder: seed{s}/pseudo (the PA network of seed s), pseudo_control (the image gradient: no seed),
+    # or, where no seed changes them, pseudo (a given pa_checkpoint); seed{s}/pseudo_control under Pseudo-OLN,
+    # whose ranker is seed s's baseline detector.
+    pdir=r"(seed\d+/)?pseudo(_control)?",
+    padir=r"(seed\d+/)?pa",  # seed{s}/pa: a trained PA network; pa: a given pa_checkpoint (evaluated once)
     shard=r"\d+",
     nshards=r"\d+",
+
+
+def seeds_of(name):
+    """The replicate seeds of an experiment (`seeds`, default [0])."""
+    return config["experiments"][name]["seeds"]
+
+
+def pdir_seed(pdir):
+    """The seed of a seeded pseudo-GT folder (seed3/pseudo -> 3), None for a seedless one."""
+    return int(pdir.split("/")[0][4:]) if pdir.startswith("seed") else None
 
 
 def experiment(wildcards):
@@ -148,7 +163,7 @@ def detector_gpus(wildcards):
 
 
 def pa_flags(wildcards):
-    return to_flags(experiment(wildcards)["pa"])
+    return to_flags({**experiment(wildcards)["pa"], "seed": int(wildcards.seed)})
 
 
 def num_shards(name):
@@ -163,16 +178,16 @@ def rank_flags(wildcards):
     return stage_flags(experiment(wildcards), "rank")
 
 
-def _shards(name, pseudo_folder):
-    """An experiment's shards in `pseudo_folder` as merge reads them: the extracted ones, or their Pseudo-OLN
-    re-ranking (rank.by: oln)."""
+def _shards(name, pdir):
+    """An experiment's shards in its pseudo-GT folder `pdir` as merge reads them: the extracted ones, or their
+    Pseudo-OLN re-ranking (rank.by: oln)."""
     n = num_shards(name)
     folder = "ranked" if config["experiments"][name]["rank"]["by"] == "oln" else "shards"
-    return [f"{RESULTS}/{name}/{pseudo_folder}/{folder}/{i}-of-{n}.parquet" for i in range(n)]
+    return [f"{RESULTS}/{name}/{pdir}/{folder}/{i}-of-{n}.parquet" for i in range(n)]
 
 
 def shard_files(wildcards):
-    return _shards(wildcards.exp, f"pseudo{wildcards.control}")
+    return _shards(wildcards.exp, wildcards.pdir)
 
 
 # The pseudo-GT folder of each detector variant that trains on pseudo-GT: GGN's (PA network) and the control's
@@ -180,16 +195,43 @@ def shard_files(wildcards):
 PSEUDO_FOLDERS = {"ggn": "pseudo", "control": "pseudo_control"}
 
 
+def _pa_name(name):
+    """The experiment whose PA network `name` uses: itself, `pa_from`, or that of `models_from`."""
+    exp = config["experiments"][name]
+    return exp.get("pa_from") or exp.get("models_from") or name
+
+
+def pa_trained(name):
+    """Whether `name`'s PA network is trained here (one per seed) rather than given as a pa_checkpoint file."""
+    return not config["experiments"][_pa_name(name)].get("pa_checkpoint")
+
+
+def pseudo_dir(name, variant, seed):
+    """The pseudo-GT folder (under results/{name}/) of a variant's seed: seeded where a seed changes it (a trained
+    PA network, or Pseudo-OLN's ranking by the seed's baseline detector), shared by all seeds otherwise."""
+    seeded = config["experiments"][name]["rank"]["by"] == "oln" or (variant == "ggn" and pa_trained(name))
+    return f"seed{seed}/{PSEUDO_FOLDERS[variant]}" if seeded else PSEUDO_FOLDERS[variant]
+
+
+def pseudo_dirs(name, variant):
+    """The distinct pseudo-GT folders of a variant over the experiment's seeds, in seed order."""
+    return list(dict.fromkeys(pseudo_dir(name, variant, s) for s in seeds_of(name)))
+
+
+def is_control(pdir):
+    return pdir.endswith("_control")
+
+
 def extract_inputs(wildcards):
     """The image list, and the PA checkpoint unless the shard is the control's (affinity from the image)."""
     inputs = {"images_list": pseudo_annotations(wildcards)}
-    if not wildcards.control:
-        inputs["checkpoint"] = pa_checkpoint(wildcards)
+    if not is_control(wildcards.pdir):
+        inputs["checkpoint"] = pa_checkpoint_file(wildcards.exp, pdir_seed(wildcards.pdir))
     return inputs
 
 
 def affinity_flags(wildcards, input):
-    return "--affinity gradient" if wildcards.control else f"--checkpoint {shlex.quote(input.checkpoint)}"
+    return "--affinity gradient" if is_control(wildcards.pdir) else f"--checkpoint {shlex.quote(input.checkpoint)}"
 
 
 def quality_source(name):
@@ -208,15 +250,9 @@ def merge_flags(wildcards):
 
 def merge_store(wildcards):
     if experiment(wildcards)["merge"]["store"]:
-        store = f"{RESULTS}/{wildcards.exp}/pseudo{wildcards.control}/store"
+        store = f"{RESULTS}/{wildcards.exp}/{wildcards.pdir}/store"
         return f"--store {shlex.quote(store)}"
     return ""
-
-
-def pa_source(wildcards):
-    """The experiment whose PA network this one uses: itself, `pa_from`, or that of `models_from`."""
-    exp = experiment(wildcards)
-    return exp.get("pa_from") or exp.get("models_from") or wildcards.exp
 
 
 def models_source(name):
@@ -224,19 +260,37 @@ def models_source(name):
     return config["experiments"][name].get("models_from", name)
 
 
+def detector_path(name, seed, variant, file="checkpoint.pt"):
+    return f"{RESULTS}/{name}/seed{seed}/detector/{variant}/{file}"
+
+
 def detector_checkpoint(wildcards):
-    return f"{RESULTS}/{models_source(wildcards.exp)}/detector/{wildcards.variant}/checkpoint.pt"
+    return detector_path(models_source(wildcards.exp), wildcards.seed, wildcards.variant)
 
 
-def pa_checkpoint(wildcards):
-    """The PA network extraction uses: the config's `pa_checkpoint` file (no PA training), else the pa/checkpoint.pt
-    of this experiment or of the one it takes its PA network from."""
-    source = pa_source(wildcards)
-    return config["experiments"][source].get("pa_checkpoint") or f"{RESULTS}/{source}/pa/checkpoint.pt"
+def pa_checkpoint_file(name, seed):
+    """The PA network extraction of `name` uses at a seed: the config's `pa_checkpoint` file (no PA training, the
+    same for every seed), else seed{s}/pa/checkpoint.pt of this experiment or of the one it takes its PA from."""
+    source = _pa_name(name)
+    return config["experiments"][source].get("pa_checkpoint") or f"{RESULTS}/{source}/seed{seed}/pa/checkpoint.pt"
 
 
-def pa_metrics(wildcards):
-    return f"{RESULTS}/{pa_source(wildcards)}/pa/metrics.json"
+def pa_dir(name, seed):
+    """The folder (under results/{source}/) of the PA network `name` uses at a seed, and of its metrics."""
+    return f"seed{seed}/pa" if pa_trained(name) else "pa"
+
+
+def eval_pa_checkpoint(wildcards):
+    seed = pdir_seed(wildcards.padir)
+    if seed is None:  # a given pa_checkpoint, evaluated once
+        return config["experiments"][wildcards.exp]["pa_checkpoint"]
+    return f"{RESULTS}/{wildcards.exp}/seed{seed}/pa/checkpoint.pt"
+
+
+def pa_metrics_files(name):
+    """`ggn eval-pa` metrics of the PA networks a row uses: one per seed, or one for a given pa_checkpoint."""
+    source = _pa_name(name)
+    return list(dict.fromkeys(f"{RESULTS}/{source}/{pa_dir(name, s)}/metrics.json" for s in seeds_of(name)))
 
 
 def pseudo_source(wildcards):
@@ -272,56 +326,78 @@ def detector_images(wildcards):
     return train_images(wildcards)
 
 
-def _init_checkpoint(exp):
-    """The ggn detector of `init_from`, which initialises this experiment's (the ImageNet fine-tune row)."""
-    return f"{RESULTS}/{exp['init_from']}/detector/ggn/checkpoint.pt"
+def _init_checkpoint(exp, seed):
+    """The ggn detector of `init_from` (same seed), which initialises this experiment's (the ImageNet fine-tune
+    row)."""
+    return detector_path(exp["init_from"], seed, "ggn")
+
+
+def _pseudo_folder(wildcards):
+    """results/{source}/{pdir} of the pseudo-GT a pseudo-GT variant's detector of this seed trains on."""
+    source = pseudo_source(wildcards)
+    return source, f"{RESULTS}/{source}/{pseudo_dir(source, wildcards.variant, wildcards.seed)}"
 
 
 def detector_inputs(wildcards):
     inputs = {"train": detector_train_json(wildcards)}
     exp = experiment(wildcards)
     if wildcards.variant in PSEUDO_FOLDERS:
-        folder = PSEUDO_FOLDERS[wildcards.variant]
-        inputs["pseudo"] = f"{RESULTS}/{pseudo_source(wildcards)}/{folder}/pseudo_gt.json"
+        inputs["pseudo"] = f"{_pseudo_folder(wildcards)[1]}/pseudo_gt.json"
     if wildcards.variant == "ggn":
         if "init_from" in exp:
-            inputs["init"] = _init_checkpoint(exp)
+            inputs["init"] = _init_checkpoint(exp, wildcards.seed)
     return inputs
 
 
 def detector_flags(wildcards):
     exp = experiment(wildcards)
     options = dict(exp["detector"])
+    options["seed"] = int(wildcards.seed)
     if wildcards.variant in PSEUDO_FOLDERS:
-        source, folder = pseudo_source(wildcards), PSEUDO_FOLDERS[wildcards.variant]
+        source, folder = _pseudo_folder(wildcards)
         if config["experiments"][source]["merge"]["store"]:  # read per image: memory flat in the image count
-            options["pseudo_store"] = f"{RESULTS}/{source}/{folder}/store"
+            options["pseudo_store"] = f"{folder}/store"
         else:
-            options["pseudo_gt"] = f"{RESULTS}/{source}/{folder}/pseudo_gt.json"
+            options["pseudo_gt"] = f"{folder}/pseudo_gt.json"
     if wildcards.variant == "ggn":
         if "init_from" in exp:
-            options["pretrained"] = _init_checkpoint(exp)
+            options["pretrained"] = _init_checkpoint(exp, wildcards.seed)
     else:
         options.pop("ground_truth", None)
     return to_flags(options)
 
 
+def metrics_file(name, seed, variant):
+    return f"{RESULTS}/{name}/seed{seed}/eval/{variant}.json"
+
+
 def row_inputs(wildcards):
+    """Per seed (in `seeds` order): each variant's metrics, the pseudo-GT quality files, the PA metrics, and the
+    final checkpoints whose recorded versions and machine the row names."""
+    name = wildcards.exp
     exp = experiment(wildcards)
-    inputs = {"pa": pa_metrics(wildcards)}
+    seeds = seeds_of(name)
+    inputs = {"pa": pa_metrics_files(name)}
     for variant in exp["variants"]:
-        inputs[variant] = f"{RESULTS}/{wildcards.exp}/eval/{variant}.json"
-    source = quality_source(wildcards.exp)
-    for variant, folder in PSEUDO_FOLDERS.items():
+        inputs[variant] = [metrics_file(name, s, variant) for s in seeds]
+    source = quality_source(name)
+    for variant in PSEUDO_FOLDERS:
         if source is not None and variant in exp["variants"]:
-            inputs[f"{variant}_quality"] = f"{RESULTS}/{source}/{folder}/quality.json"
+            dirs = [pseudo_dir(source, variant, s) for s in seeds]
+            inputs[f"{variant}_quality"] = [f"{RESULTS}/{source}/{d}/quality.json" for d in dict.fromkeys(dirs)]
+    models = models_source(name)
+    inputs["checkpoints"] = [detector_path(models, s, v) for s in seeds for v in exp["variants"]]
     return inputs
 
 
 def row_metric_flags(wildcards, input):
-    """--baseline/--control/--ggn metrics and --{variant}-quality files of the row's variants."""
-    names = [*exp_variants(wildcards), *(f"{v}_quality" for v in PSEUDO_FOLDERS)]
-    return " ".join(f"--{name.replace('_', '-')} {shlex.quote(input[name])}" for name in names if name in input.keys())
+    """--seeds, then --baseline/--control/--ggn metrics and --{variant}-quality files, one per seed."""
+    names = [*exp_variants(wildcards), *(f"{v}_quality" for v in PSEUDO_FOLDERS), "checkpoints"]
+    flags = ["--seeds " + " ".join(map(str, seeds_of(wildcards.exp)))]
+    for name in names:
+        if name in input.keys():
+            flags.append(f"--{name.replace('_', '-')} " + " ".join(shlex.quote(p) for p in input[name]))
+    return " ".join(flags)
 
 
 def exp_variants(wildcards):
@@ -367,7 +443,7 @@ def all_targets():
     for name in EXPERIMENTS:
         exp = config["experiments"][name]
         if exp["targets"] == "pseudo":
-            targets.append(f"{RESULTS}/{name}/pseudo/pseudo_gt.json")
+            targets += [f"{RESULTS}/{name}/{d}/pseudo_gt.json" for d in pseudo_dirs(name, "ggn")]
         targets += figure_targets(name)
     return targets
 
@@ -397,45 +473,55 @@ def figure_targets(name):
     return targets
 
 
-def _source_shards(name, variant):
-    return _shards(mining_source(name), PSEUDO_FOLDERS[variant])
+def _source_shards(name, variant, seed=None):
+    """The extraction shards of a row's pseudo-GT variant: of one seed, or of every seed (each folder once)."""
+    source = mining_source(name)
+    dirs = [pseudo_dir(source, variant, seed)] if seed is not None else pseudo_dirs(source, variant)
+    return [path for d in dirs for path in _shards(source, d)]
 
 
 def plot_inputs(wildcards):
-    inputs = {v: f"{RESULTS}/{wildcards.exp}/eval/{v}.json" for v in exp_variants(wildcards)}
+    seeds = seeds_of(wildcards.exp)
+    inputs = {v: [metrics_file(wildcards.exp, s, v) for s in seeds] for v in exp_variants(wildcards)}
     for v in _pseudo_variants(wildcards.exp):
         inputs[f"{v}_shards"] = _source_shards(wildcards.exp, v)
     return inputs
 
 
-def plot_metric_flags(wildcards, input):
-    return " ".join(shlex.quote(f"{v}={input[v]}") for v in exp_variants(wildcards))
-
-
-def plot_shard_flags(wildcards, input):
+def _named_flags(groups):
+    """NAME=FIRST REST ... tokens for `ggn plot`'s --metrics and --shards."""
     tokens = []
-    for v in _pseudo_variants(wildcards.exp):
-        first, *rest = input[f"{v}_shards"]
-        tokens += [f"{v}={first}", *rest]
+    for name, (first, *rest) in groups:
+        tokens += [f"{name}={first}", *rest]
     return " ".join(map(shlex.quote, tokens))
 
 
+def plot_metric_flags(wildcards, input):
+    return _named_flags((v, list(input[v])) for v in exp_variants(wildcards))
+
+
+def plot_shard_flags(wildcards, input):
+    return _named_flags((v, list(input[f"{v}_shards"])) for v in _pseudo_variants(wildcards.exp))
+
+
 def visualize_inputs(wildcards):
+    """The panels show the first seed's networks and pseudo-GT (the table holds every seed's numbers)."""
     source = mining_source(wildcards.exp)
     mined = types.SimpleNamespace(exp=source)
+    seed = seeds_of(wildcards.exp)[0]
     inputs = {
         "mined": _pseudo_images_list(source),
         "full": train_source(mined),
-        "shards": _source_shards(wildcards.exp, "ggn"),
-        "pseudo": f"{RESULTS}/{source}/pseudo/pseudo_gt.json",
-        "checkpoint": pa_checkpoint(mined),
+        "shards": _source_shards(wildcards.exp, "ggn", seed),
+        "pseudo": f"{RESULTS}/{source}/{pseudo_dir(source, 'ggn', seed)}/pseudo_gt.json",
+        "checkpoint": pa_checkpoint_file(source, seed),
         "eval": f"{RESULTS}/{wildcards.exp}/data/eval.json",
     }
     if "control" in experiment(wildcards)["variants"]:
-        inputs["control_shards"] = _source_shards(wildcards.exp, "control")
-        inputs["control_pseudo"] = f"{RESULTS}/{source}/pseudo_control/pseudo_gt.json"
+        inputs["control_shards"] = _source_shards(wildcards.exp, "control", seed)
+        inputs["control_pseudo"] = f"{RESULTS}/{source}/{pseudo_dir(source, 'control', seed)}/pseudo_gt.json"
     for v in exp_variants(wildcards):
-        inputs[f"{v}_detections"] = f"{RESULTS}/{wildcards.exp}/detector/{v}/detections.json"
+        inputs[f"{v}_detections"] = detector_path(wildcards.exp, seed, v, "detections.json")
     return inputs
 
 

@@ -6,7 +6,7 @@ rule train_detector:
     input:
         unpack(detector_inputs),
     output:
-        checkpoint=f"{RESULTS}/{{exp}}/detector/{{variant}}/checkpoint.pt",
+        checkpoint=f"{RESULTS}/{{exp}}/seed{{seed}}/detector/{{variant}}/checkpoint.pt",
     params:
         images=detector_images,
         variant=trainer_variant,
@@ -15,7 +15,7 @@ rule train_detector:
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/train_detector-{{variant}}.log",
+        f"{RESULTS}/{{exp}}/logs/seed{{seed}}/train_detector-{{variant}}.log",
     threads: job_threads("train_detector")
     resources:
         gpu=detector_gpus,
@@ -33,14 +33,14 @@ rule predict:
         checkpoint=detector_checkpoint,
         eval=f"{RESULTS}/{{exp}}/data/eval.json",
     output:
-        detections=f"{RESULTS}/{{exp}}/detector/{{variant}}/detections.json",
+        detections=f"{RESULTS}/{{exp}}/seed{{seed}}/detector/{{variant}}/detections.json",
     params:
         images=eval_images,
         flags=predict_flags,
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/predict-{{variant}}.log",
+        f"{RESULTS}/{{exp}}/logs/seed{{seed}}/predict-{{variant}}.log",
     threads: job_threads("predict")
     resources:
         gpu=1,

@@ -5,7 +5,7 @@ rule train_pa:
     input:
         train=f"{RESULTS}/{{exp}}/data/train.json",
     output:
-        checkpoint=f"{RESULTS}/{{exp}}/pa/checkpoint.pt",
+        checkpoint=f"{RESULTS}/{{exp}}/seed{{seed}}/pa/checkpoint.pt",
     params:
         images=train_images,
         flags=pa_flags,
@@ -13,7 +13,7 @@ rule train_pa:
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/train_pa.log",
+        f"{RESULTS}/{{exp}}/logs/seed{{seed}}/train_pa.log",
     threads: job_threads("train_pa")
     resources:
         gpu=pa_gpus,
@@ -27,16 +27,16 @@ rule train_pa:
 
 rule eval_pa:
     input:
-        checkpoint=pa_checkpoint,
+        checkpoint=eval_pa_checkpoint,
         eval=f"{RESULTS}/{{exp}}/data/eval.json",
     output:
-        metrics=f"{RESULTS}/{{exp}}/pa/metrics.json",
+        metrics=f"{RESULTS}/{{exp}}/{{padir}}/metrics.json",
     params:
         images=eval_images,
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/eval_pa.log",
+        f"{RESULTS}/{{exp}}/logs/{{padir}}/eval_pa.log",
     threads: job_threads("eval_pa")
     resources:
         gpu=1,

@@ -1,14 +1,15 @@
 # Pseudo ground truth: sharded extraction (PA + grouping + ranking), optionally re-ranked per shard by the
 # row's baseline OLN detector (Pseudo-OLN, rank.by: oln), then one merge, and its quality where the mined
-# images have every class annotated. `{control}` is empty for the PA network's pseudo-GT (pseudo/) and
-# `_control` for the no-learning control's (pseudo_control/: the same grouping on the image gradient).
+# images have every class annotated. `{pdir}` is the PA network's pseudo-GT folder (seed{s}/pseudo: one per seed
+# of the PA network) or the no-learning control's (pseudo_control: the same grouping on the image gradient, which
+# no seed changes); see pseudo_dir in common.smk.
 
 
 rule extract:
     input:
         unpack(extract_inputs),
     output:
-        shard=f"{RESULTS}/{{exp}}/pseudo{{control}}/shards/{{shard}}-of-{{nshards}}.parquet",
+        shard=f"{RESULTS}/{{exp}}/{{pdir}}/shards/{{shard}}-of-{{nshards}}.parquet",
     params:
         affinity=affinity_flags,
         images=pseudo_images,
@@ -16,7 +17,7 @@ rule extract:
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/extract{{control}}-{{shard}}-of-{{nshards}}.log",
+        f"{RESULTS}/{{exp}}/logs/{{pdir}}/extract-{{shard}}-of-{{nshards}}.log",
     threads: job_threads("extract")
     resources:
         gpu=1,
@@ -30,18 +31,18 @@ rule extract:
 
 rule rank_oln:
     input:
-        shard=f"{RESULTS}/{{exp}}/pseudo{{control}}/shards/{{shard}}-of-{{nshards}}.parquet",
-        checkpoint=f"{RESULTS}/{{exp}}/detector/baseline/checkpoint.pt",
+        shard=f"{RESULTS}/{{exp}}/{{pdir}}/shards/{{shard}}-of-{{nshards}}.parquet",
+        checkpoint=lambda wildcards: detector_path(wildcards.exp, pdir_seed(wildcards.pdir), "baseline"),
         images_list=pseudo_annotations,
     output:
-        shard=f"{RESULTS}/{{exp}}/pseudo{{control}}/ranked/{{shard}}-of-{{nshards}}.parquet",
+        shard=f"{RESULTS}/{{exp}}/{{pdir}}/ranked/{{shard}}-of-{{nshards}}.parquet",
     params:
         images=pseudo_images,
         flags=rank_flags,
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/rank_oln{{control}}-{{shard}}-of-{{nshards}}.log",
+        f"{RESULTS}/{{exp}}/logs/{{pdir}}/rank_oln-{{shard}}-of-{{nshards}}.log",
     threads: job_threads("rank_oln")
     resources:
         gpu=1,
@@ -58,14 +59,14 @@ rule merge:
         shards=shard_files,
         images_list=pseudo_annotations,
     output:
-        pseudo=f"{RESULTS}/{{exp}}/pseudo{{control}}/pseudo_gt.json",
+        pseudo=f"{RESULTS}/{{exp}}/{{pdir}}/pseudo_gt.json",
     params:
         flags=merge_flags,
         store=merge_store,
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/merge{{control}}.log",
+        f"{RESULTS}/{{exp}}/logs/{{pdir}}/merge.log",
     threads: job_threads("merge")
     resources:
         mem_mb=job_resource("merge", "mem_mb"),
@@ -78,17 +79,17 @@ rule merge:
 rule eval_pseudo:
     input:
         shards=shard_files,
-        pseudo=f"{RESULTS}/{{exp}}/pseudo{{control}}/pseudo_gt.json",
+        pseudo=f"{RESULTS}/{{exp}}/{{pdir}}/pseudo_gt.json",
         images_list=pseudo_annotations,
         full=train_source,
     output:
-        quality=f"{RESULTS}/{{exp}}/pseudo{{control}}/quality.json",
+        quality=f"{RESULTS}/{{exp}}/{{pdir}}/quality.json",
     params:
         flags=seen_flags,
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/eval_pseudo{{control}}.log",
+        f"{RESULTS}/{{exp}}/logs/{{pdir}}/eval_pseudo.log",
     threads: job_threads("eval_pseudo")
     resources:
         mem_mb=job_resource("eval_pseudo", "mem_mb"),

@@ -3,14 +3,14 @@
 
 rule evaluate:
     input:
-        detections=f"{RESULTS}/{{exp}}/detector/{{variant}}/detections.json",
+        detections=f"{RESULTS}/{{exp}}/seed{{seed}}/detector/{{variant}}/detections.json",
         eval=f"{RESULTS}/{{exp}}/data/eval.json",
     output:
-        metrics=f"{RESULTS}/{{exp}}/eval/{{variant}}.json",
+        metrics=f"{RESULTS}/{{exp}}/seed{{seed}}/eval/{{variant}}.json",
     conda:
         "../envs/ggn.yaml"
     log:
-        f"{RESULTS}/{{exp}}/logs/evaluate-{{variant}}.log",
+        f"{RESULTS}/{{exp}}/logs/seed{{seed}}/evaluate-{{variant}}.log",
     threads: job_threads("evaluate")
     resources:
         mem_mb=job_resource("evaluate", "mem_mb"),
