@@ -24,14 +24,17 @@ LOCK := requirements.lock
 # Then everything in LOCK except torch, torchvision and the CUDA 13 libraries (TORCH_FAMILY: the lines it
 # matches are cut out into build/lock-no-torch.txt) is installed hash-checked as usual, and torch==2.14.1 and
 # torchvision==0.29.1 come from TORCH_INDEX with their own CUDA 12.6 libraries, checked by version, not hash.
+# Either build of 2.14.1 satisfies the pins, so a venv keeps the one it has: to switch, rm -rf $(VENV) first.
 TORCH_INDEX  ?=
 TORCH_FAMILY := ^(torch|torchvision|triton|nvidia-|cuda-)
 TORCH_PINS   := torch==2.14.1 torchvision==0.29.1
 
-# A venv made earlier by an older Python is not reused: it is reported, with what to do instead.
+# A venv made by a Python older than 3.11 (here or earlier) stops the install, with what to do instead.
+OLD_PYTHON := $(VENV) runs Python %s; this project needs 3.11 or newer. Make it again with one: \
+	rm -rf $(VENV) && make install PYTHON=python3.11
 $(STAMP): $(LOCK) pyproject.toml setup.py pa_lib/_kernels.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11) and "$(VENV) runs Python %s but this project needs 3.11 or newer: rm -rf $(VENV) && make install PYTHON=python3.11" % sys.version.split()[0])'
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11) and "$(OLD_PYTHON)" % sys.version.split()[0])'
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
 ifeq ($(TORCH_INDEX),)
 	$(BIN)/python -m pip install --require-hashes -r $(LOCK)
@@ -46,8 +49,10 @@ endif
 
 # Writes LOCK again from pyproject.toml's dependencies and its `test` extra, with pip-tools in a venv of its own
 # (build/lock-tools) and the Python of LOCK_PYTHON; run it on Linux x86-64. Pins already in LOCK are kept where
-# they still fit; `make lock LOCK_ARGS=--upgrade` moves every package to its newest fitting release. It reads
-# package metadata and PyPI's published hashes and downloads no torch wheel.
+# they still fit; `make lock LOCK_ARGS=--upgrade` moves every package to its newest fitting release. Hashes come
+# from PyPI's JSON API (every file of each pinned release, so wheels of any platform and Python) and from hashing
+# files in local indexes, which are left out of LOCK itself; where the index publishes wheel metadata on its own
+# (PyPI does), no torch or CUDA wheel is downloaded.
 LOCK_PYTHON ?= python3.11
 LOCK_TOOLS  := build/lock-tools
 LOCK_ARGS   ?=

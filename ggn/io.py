@@ -340,8 +340,10 @@ def machine_provenance() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    record = {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-              "python": platform.python_version(), "cpu": cpu, "cpu_count": os.cpu_count()}
+    # plain str and int only: torch.__version__ is a str subclass that torch.load(weights_only=True) refuses
+    record = {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+              "numpy": str(numpy.__version__), "python": platform.python_version(), "cpu": str(cpu),
+              "cpu_count": int(os.cpu_count() or 0)}
     if torch.cuda.is_available():
         record["gpu"] = f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
     return record

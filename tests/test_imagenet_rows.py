@@ -108,10 +108,10 @@ def test_imagenet_rows_end_to_end_on_fake_trees(tmp_path, fake_coco_with_weights
     proc = run_rows(tmp_path, config, torch_home)
 
     # One PA network (coco_to_uvo's) serves all three rows; the COCO pseudo-GT is mined once.
-    assert (results / "coco_to_uvo" / "pa" / "checkpoint.pt").is_file()
+    assert (results / "coco_to_uvo" / "seed0" / "pa" / "checkpoint.pt").is_file()
     for name in ("imagenet_random_init", "imagenet_finetune_coco"):
-        assert not (results / name / "pa").exists(), name
-    assert not (results / "imagenet_finetune_coco" / "pseudo").exists()
+        assert not (results / name / "seed0" / "pa").exists(), name
+    assert not (results / "imagenet_finetune_coco" / "seed0" / "pseudo").exists()
 
     # The ImageNet folder was listed by the workflow; its pseudo-GT went into the per-image store.
     listed = json.loads((results / "imagenet_random_init" / "data" / "pseudo_images.json").read_text())
@@ -135,15 +135,15 @@ def test_imagenet_rows_end_to_end_on_fake_trees(tmp_path, fake_coco_with_weights
     assert sum(summary["images_per_rank"]) == len(with_pseudo) // 2 * 2  # batch 2, last partial batch dropped
 
     # The fine-tune row starts from that detector and trains on COCO GT + coco_to_uvo's pseudo-GT.
-    log = (results / "imagenet_finetune_coco" / "logs" / "train_detector-ggn.log").read_text()
-    assert str(results / "imagenet_random_init" / "detector" / "ggn" / "checkpoint.pt") in log
+    log = (results / "imagenet_finetune_coco" / "logs" / "seed0" / "train_detector-ggn.log").read_text()
+    assert str(results / "imagenet_random_init" / "seed0" / "detector" / "ggn" / "checkpoint.pt") in log
     commands = [line for line in (proc.stdout + proc.stderr).splitlines() if "ggn train-detector" in line]
-    finetune = next(c for c in commands if "imagenet_finetune_coco/detector/ggn" in c)
-    assert f"--pseudo-gt {results}/coco_to_uvo/pseudo/pseudo_gt.json" in finetune, finetune
-    assert f"--pretrained {results}/imagenet_random_init/detector/ggn/checkpoint.pt" in finetune, finetune
-    random_init = next(c for c in commands if "imagenet_random_init/detector/ggn" in c)
+    finetune = next(c for c in commands if "imagenet_finetune_coco/seed0/detector/ggn" in c)
+    assert f"--pseudo-gt {results}/coco_to_uvo/seed0/pseudo/pseudo_gt.json" in finetune, finetune
+    assert f"--pretrained {results}/imagenet_random_init/seed0/detector/ggn/checkpoint.pt" in finetune, finetune
+    random_init = next(c for c in commands if "imagenet_random_init/seed0/detector/ggn" in c)
     assert "--no-ground-truth" in random_init and "--pseudo-store" in random_init, random_init
-    ft = load_checkpoint(results / "imagenet_finetune_coco" / "detector" / "ggn" / "checkpoint.pt")
+    ft = load_checkpoint(results / "imagenet_finetune_coco" / "seed0" / "detector" / "ggn" / "checkpoint.pt")
     assert ft["config"]["norm"] == "gn"
 
     # The table: three rows, the ImageNet ones with a GGN detector only.

@@ -48,7 +48,7 @@ def run_rows(tmp_path: Path, config: dict, torch_home: Path) -> subprocess.Compl
     if proc.returncode != 0:
         results = Path(config["results"])
         logs = "\n".join(f"== {p}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(results.glob("*/logs/*.log")))
+                         for p in sorted(results.glob("*/logs/**/*.log")))
         pytest.fail(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}\n{logs}")
     return proc
 
@@ -87,13 +87,13 @@ def test_oln_row_with_pseudo_oln_on_fake_coco(tmp_path, fake_coco_with_weights):
     extract_cmds = [line for line in out.splitlines() if "ggn extract" in line]
     assert len(extract_cmds) == 2 and all("--top-k 0 --propose-params nms=0" in c for c in extract_cmds)
     rank_cmds = [line for line in out.splitlines() if "ggn rank-oln" in line]
-    assert len(rank_cmds) == 2 and all("/detector/baseline/checkpoint.pt" in c for c in rank_cmds), rank_cmds
+    assert len(rank_cmds) == 2 and all("/seed0/detector/baseline/checkpoint.pt" in c for c in rank_cmds), rank_cmds
     assert all("--nms 0.2 --top-k 20 --pa-weight 0.5" in c for c in rank_cmds)
     for i in range(2):
-        meta = json.loads(pq.read_schema(exp / "pseudo" / "ranked" / f"{i}-of-2.parquet").metadata[b"ggn.shard"])
+        meta = json.loads(pq.read_schema(exp / "seed0" / "pseudo" / "ranked" / f"{i}-of-2.parquet").metadata[b"ggn.shard"])
         assert meta["ranked_by"]["method"] == "oln"
     for variant in ("baseline", "ggn"):
-        ckpt = load_checkpoint(exp / "detector" / variant / "checkpoint.pt")
+        ckpt = load_checkpoint(exp / "seed0" / "detector" / variant / "checkpoint.pt")
         assert ckpt["config"]["kind"] == "oln" and ckpt["config"]["norm"] == "eval_bn"
     row = json.loads((exp / "row.json").read_text())
     assert row["detector"] == "oln" and row["ranking"] == "oln" and row["paper_metric"] == "box_AR@100"
@@ -127,11 +127,11 @@ def test_ade20k_row_evaluates_the_coco_models_on_converted_ade20k(tmp_path, fake
     results = tmp_path / "results"
 
     # The row trains nothing: it predicts with coco_all's detectors on ADE20K.
-    assert not (results / "coco_to_ade20k" / "pa").exists()
-    assert not (results / "coco_to_ade20k" / "pseudo").exists()
+    assert not (results / "coco_to_ade20k" / "seed0" / "pa").exists()
+    assert not (results / "coco_to_ade20k" / "seed0" / "pseudo").exists()
     out = proc.stdout + proc.stderr
     predicts = [line for line in out.splitlines() if "ggn predict" in line and "coco_to_ade20k" in line]
-    assert len(predicts) == 2 and all(f"{results}/coco_all/detector/" in c for c in predicts), predicts
+    assert len(predicts) == 2 and all(f"{results}/coco_all/seed0/detector/" in c for c in predicts), predicts
     ev = json.loads((results / "coco_to_ade20k" / "data" / "eval.json").read_text())
     assert len(ev["annotations"]) == 5 and all(a["ignored_split"] == 0 for a in ev["annotations"])
     rows = list((results).glob("*/row.json"))

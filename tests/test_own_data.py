@@ -83,7 +83,7 @@ def test_labelme_export_to_a_table_row_then_pseudo_gt_with_that_pa_checkpoint(tm
     assert all(a["id"] >= 1 for a in train_json["annotations"])  # ids from 0 renumbered
 
     # Pseudo-GT only, on the same photos, with that PA network: no PA training, every image mined.
-    pseudo = {"seen": "cat,dog", "targets": "pseudo", "pa_checkpoint": str(results / "mine" / "pa" / "checkpoint.pt"),
+    pseudo = {"seen": "cat,dog", "targets": "pseudo", "pa_checkpoint": str(results / "mine" / "seed0" / "pa" / "checkpoint.pt"),
               "data": {"train_annotations": str(train), "train_images": str(tmp_path / "train")},
               "extract": exp["extract"], "merge": exp["merge"],
               "resources": {rule: {"threads": 1, "mem_mb": 2000, "runtime": 15} for rule in JOB_RULES}}
@@ -95,4 +95,4 @@ def test_labelme_export_to_a_table_row_then_pseudo_gt_with_that_pa_checkpoint(tm
     pseudo_gt = json.loads((results / "mine_pseudo" / "pseudo" / "pseudo_gt.json").read_text())
     assert len(pseudo_gt["images"]) == 12  # also the image without a seen-class object
     assert 11 in {a["image_id"] for a in pseudo_gt["annotations"]}
-    assert not (results / "mine_pseudo" / "pa").exists()
+    assert not (results / "mine_pseudo" / "seed0").exists()  # a given PA network: nothing per seed

@@ -149,7 +149,7 @@ def paper_row_config(results: Path, coco: Path) -> dict:
 
 def _logs(results: Path) -> str:
     parts = []
-    for log in sorted((results / EXP / "logs").glob("*.log")) + sorted((results / "logs").glob("*.log")):
+    for log in sorted((results / EXP / "logs").glob("**/*.log")) + sorted((results / "logs").glob("*.log")):
         text = log.read_text(errors="replace")
         parts.append(f"===== {log} =====\n{text[-6000:]}")
     return "\n".join(parts)
@@ -215,18 +215,18 @@ def test_paper_row_end_to_end_on_fake_coco(tmp_path, monkeypatch):
     assert pa_epoch["total_batch"] == 2
     assert pa_epoch["effective_lr"] == pytest.approx(0.02 * 2 / 8)
     assert math.isfinite(pa_epoch["epoch_loss"])
-    pa_ckpt = load_checkpoint(exp_dir / "pa" / "checkpoint.pt")
+    pa_ckpt = load_checkpoint(exp_dir / "seed0" / "pa" / "checkpoint.pt")
     assert pa_ckpt["config"]["backbone"] == "resnet50" and pa_ckpt["config"]["norm"] == "bn"
     assert pa_ckpt["config"]["input_size"] == 0 and pa_ckpt["config"]["target"] == "reference"
 
     # The ImageNet weights came from the file in TORCH_HOME (no download was attempted).
-    pa_log = (exp_dir / "logs" / "train_pa.log").read_text()
+    pa_log = (exp_dir / "logs" / "seed0" / "train_pa.log").read_text()
     assert f"backbone tensors from {weights}" in pa_log, pa_log[-3000:]
     assert "starting 2 processes" in pa_log and "downloading" not in pa_log
 
     imagenet = torch.load(weights, map_location="cpu", weights_only=True)
     for variant in ("baseline", "ggn"):
-        det_dir = exp_dir / "detector" / variant
+        det_dir = exp_dir / "seed0" / "detector" / variant
         # Detector training: 2 processes of 2 images each, lr scaled from 0.02 for 16 images.
         summaries = [r for r in _jsonl(det_dir / "train_log.jsonl") if "images_per_rank" in r]
         assert len(summaries) == 1, summaries
@@ -255,7 +255,7 @@ def test_paper_row_end_to_end_on_fake_coco(tmp_path, monkeypatch):
         for key in ("layer4.2.bn3.weight", "layer2.0.bn3.weight"):
             assert not torch.equal(model[f"backbone.body.{key}"], imagenet[key]), key
 
-        det_log = (exp_dir / "logs" / f"train_detector-{variant}.log").read_text()
+        det_log = (exp_dir / "logs" / "seed0" / f"train_detector-{variant}.log").read_text()
         assert "starting 2 processes" in det_log and "from imagenet" in det_log, det_log[-3000:]
         assert "downloading" not in det_log
 
@@ -265,7 +265,7 @@ def test_paper_row_end_to_end_on_fake_coco(tmp_path, monkeypatch):
 
     images_seen = 0
     for shard in range(2):
-        out = exp_dir / "pseudo" / "shards" / f"{shard}-of-2.parquet"
+        out = exp_dir / "seed0" / "pseudo" / "shards" / f"{shard}-of-2.parquet"
         assert out.is_file()
         shard_summary = json.loads(summary_path_for(out).read_text())
         params = shard_summary["propose_params"]
@@ -274,5 +274,5 @@ def test_paper_row_end_to_end_on_fake_coco(tmp_path, monkeypatch):
         assert shard_summary["input_size"] is None and shard_summary["images_skipped"] == 0
         images_seen += shard_summary["images_processed"]
     assert images_seen == len(TRAIN_IMAGES)
-    pseudo = json.loads((exp_dir / "pseudo" / "pseudo_gt.json").read_text())
+    pseudo = json.loads((exp_dir / "seed0" / "pseudo" / "pseudo_gt.json").read_text())
     assert all(a["id"] >= 1 for a in pseudo["annotations"])

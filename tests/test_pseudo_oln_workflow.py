@@ -55,8 +55,8 @@ def test_dry_run_places_rank_oln_between_extraction_and_merge(tmp_path):
     # extraction keeps every candidate unsuppressed; the ranker applies the grouping's NMS and top-k
     assert "--top-k 0 --propose-params nms=0" in out
     assert "ggn rank-oln" in out and "--nms 0.2 --top-k 5 --pa-weight 0.5" in out
-    assert "/detector/baseline/checkpoint.pt" in out.split("ggn rank-oln")[1].split("\n")[0]
-    assert "pseudo/ranked/0-of-2.parquet" in out.split("ggn merge")[1].split("\n")[0]
+    assert "/seed0/detector/baseline/checkpoint.pt" in out.split("ggn rank-oln")[1].split("\n")[0]
+    assert "seed0/pseudo/ranked/0-of-2.parquet" in out.split("ggn merge")[1].split("\n")[0]
 
 
 @pytest.mark.slow
@@ -70,17 +70,17 @@ def test_pseudo_oln_end_to_end_and_a_ranking_change_reruns_only_what_depends_on_
     row = json.loads((exp / "row.json").read_text())
     assert row["detector"] == "oln" and row["ranking"] == "oln"
     for i in range(2):
-        extracted = pq.read_table(exp / "pseudo" / "shards" / f"{i}-of-2.parquet").to_pydict()
-        ranked = pq.read_table(exp / "pseudo" / "ranked" / f"{i}-of-2.parquet").to_pydict()
+        extracted = pq.read_table(exp / "seed0" / "pseudo" / "shards" / f"{i}-of-2.parquet").to_pydict()
+        ranked = pq.read_table(exp / "seed0" / "pseudo" / "ranked" / f"{i}-of-2.parquet").to_pydict()
         per_image = {}
         for image_id in ranked["image_id"]:
             per_image[image_id] = per_image.get(image_id, 0) + 1
         assert per_image and max(per_image.values()) <= 5
         assert len(extracted["image_id"]) > len(ranked["image_id"])  # unsuppressed in, top-5 after NMS out
         assert set(ranked["rle"]) <= set(extracted["rle"])
-    pseudo = json.loads((exp / "pseudo" / "pseudo_gt.json").read_text())
+    pseudo = json.loads((exp / "seed0" / "pseudo" / "pseudo_gt.json").read_text())
     kept = {a["segmentation"]["counts"] for a in pseudo["annotations"]}
-    ranked_all = {r for i in range(2) for r in pq.read_table(exp / "pseudo" / "ranked" / f"{i}-of-2.parquet")["rle"].to_pylist()}
+    ranked_all = {r for i in range(2) for r in pq.read_table(exp / "seed0" / "pseudo" / "ranked" / f"{i}-of-2.parquet")["rle"].to_pylist()}
     assert kept and kept <= ranked_all
 
     config["experiments"]["tiny"]["rank"]["pa_weight"] = 2.0

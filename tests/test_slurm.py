@@ -211,9 +211,9 @@ def test_whole_dag_reruns_and_preemption_through_slurm(tmp_path):
     assert table == (local / "results" / "table.csv").read_text(), "the Slurm run's table differs from the local one"
     # 2 GPUs asked for, 2 processes trained together; no CUDA on the CI node: gloo on CPU despite
     # the CUDA_VISIBLE_DEVICES that Slurm sets for the GRES
-    pa_log = (work / f"results/{EXP}/logs/train_pa.log").read_text()
+    pa_log = (work / f"results/{EXP}/logs/seed0/train_pa.log").read_text()
     assert "starting 2 processes" in pa_log and "2 process(es), device cpu" in pa_log, pa_log
-    epochs = [r for r in map(json.loads, (work / f"results/{EXP}/pa/train_log.jsonl").read_text().splitlines())
+    epochs = [r for r in map(json.loads, (work / f"results/{EXP}/seed0/pa/train_log.jsonl").read_text().splitlines())
               if "epoch_loss" in r]
     assert len(epochs[-1]["images_per_rank"]) == 2 and min(epochs[-1]["images_per_rank"]) > 0
 
@@ -234,8 +234,8 @@ def test_whole_dag_reruns_and_preemption_through_slurm(tmp_path):
     assert json.loads((work / f"results/{EXP}/row.json").read_text())["top_k"] == 1
 
     # --- 4. preemption: an extraction shard, then a detector training, cancelled mid-way -------------------
-    shard = work / f"results/{EXP}/pseudo/shards/0-of-{SHARDS}.parquet"
-    detector = work / f"results/{EXP}/detector/baseline/checkpoint.pt"
+    shard = work / f"results/{EXP}/seed0/pseudo/shards/0-of-{SHARDS}.parquet"
+    detector = work / f"results/{EXP}/seed0/detector/baseline/checkpoint.pt"
     reference_rows, reference_model = pq.read_table(shard), load_checkpoint(detector)["model"]
 
     # 4a. The shard's second image is a FIFO: the job flushes its first image as a part, then blocks for good.
@@ -254,7 +254,7 @@ def test_whole_dag_reruns_and_preemption_through_slurm(tmp_path):
         if not blocked.is_file():
             blocked.unlink(missing_ok=True)
             blocked.write_bytes(image)
-    extract_log = (work / f"results/{EXP}/logs/extract-0-of-{SHARDS}.log").read_text()
+    extract_log = (work / f"results/{EXP}/logs/seed0/pseudo/extract-0-of-{SHARDS}.log").read_text()
     assert f"resuming shard 0/{SHARDS}: 1 of {len(shard_ids)} images already done" in extract_log, extract_log
     rows = pq.read_table(shard)
     assert rows.equals(reference_rows), "the resumed shard differs from the uninterrupted one"
@@ -267,7 +267,7 @@ def test_whole_dag_reruns_and_preemption_through_slurm(tmp_path):
     shutil.rmtree(epochs)  # else the forced run would resume past the end
     out = _preempt(work, cfg, detector, "train_detector", tmp_path / "detector.log",
                    stopped=lambda: (epochs / "mid_epoch.pt").is_file(), resume=lambda: None)
-    detector_log = (work / f"results/{EXP}/logs/train_detector-baseline.log").read_text()
+    detector_log = (work / f"results/{EXP}/logs/seed0/train_detector-baseline.log").read_text()
     resumed = re.search(r"resuming from \S+mid_epoch.pt in epoch 1 after its first (\d+) of (\d+) batches",
                         detector_log)
     assert resumed and int(resumed[2]) == len(ids) // exp["detector"]["batch_size"], detector_log

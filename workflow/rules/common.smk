@@ -381,8 +381,8 @@ def row_inputs(wildcards):
     for variant in exp["variants"]:
         inputs[variant] = [metrics_file(name, s, variant) for s in seeds]
     source = quality_source(name)
-    for variant in PSEUDO_FOLDERS:
-        if source is not None and variant in exp["variants"]:
+    for variant in _pseudo_variants(name):
+        if source is not None:
             dirs = [pseudo_dir(source, variant, s) for s in seeds]
             inputs[f"{variant}_quality"] = [f"{RESULTS}/{source}/{d}/quality.json" for d in dict.fromkeys(dirs)]
     models = models_source(name)
@@ -459,7 +459,10 @@ def mining_source(name):
 
 
 def _pseudo_variants(name):
-    return [v for v in PSEUDO_FOLDERS if v in config["experiments"][name]["variants"]]
+    """The pseudo-GT sources of a row: GGN's with a ggn detector, the control's with a control detector or with
+    `control_pseudo` (its pseudo-GT and quality without training a detector on it)."""
+    exp = config["experiments"][name]
+    return [v for v in PSEUDO_FOLDERS if v in exp["variants"] or (v == "control" and exp["control_pseudo"])]
 
 
 def figure_targets(name):
@@ -517,7 +520,7 @@ def visualize_inputs(wildcards):
         "checkpoint": pa_checkpoint_file(source, seed),
         "eval": f"{RESULTS}/{wildcards.exp}/data/eval.json",
     }
-    if "control" in experiment(wildcards)["variants"]:
+    if "control" in _pseudo_variants(wildcards.exp):
         inputs["control_shards"] = _source_shards(wildcards.exp, "control", seed)
         inputs["control_pseudo"] = f"{RESULTS}/{source}/{pseudo_dir(source, 'control', seed)}/pseudo_gt.json"
     for v in exp_variants(wildcards):
