@@ -52,6 +52,8 @@ def matched(candidates: list[dict], objects: list[dict]) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", required=True, type=Path, help="results/{exp} of a finished run")
+    p.add_argument("--pseudo", default="seed0/pseudo",
+                   help="pseudo-GT folder under --results: seed{s}/pseudo (a seed's PA network) or pseudo_control")
     p.add_argument("--source", required=True, type=Path, help="full annotations of the mined images")
     p.add_argument("--unseen", required=True, help="comma-separated unseen class names")
     args = p.parse_args()
@@ -60,7 +62,7 @@ def main() -> None:
     objects = unseen_objects(source, train, set(args.unseen.split(",")))
 
     ranked = defaultdict(list)
-    for shard in sorted((args.results / "pseudo" / "shards").glob("*.parquet")):
+    for shard in sorted((args.results / args.pseudo / "shards").glob("*.parquet")):
         table = pq.read_table(shard, columns=["image_id", "rank", "rle", "height", "width"]).to_pylist()
         for row in table:
             ranked[row["image_id"]].append((row["rank"], {"size": [row["height"], row["width"]], "counts": row["rle"]}))
@@ -71,7 +73,7 @@ def main() -> None:
         for k in found:
             found[k] += int(matched(cands[:k], objs).sum())
 
-    pseudo = json.loads((args.results / "pseudo" / "pseudo_gt.json").read_text())
+    pseudo = json.loads((args.results / args.pseudo / "pseudo_gt.json").read_text())
     hits = 0
     for a in pseudo["annotations"]:
         rle = a["segmentation"]
