@@ -488,7 +488,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=int, default=0, help="this shard's index (0-based)")
     parser.add_argument("--num-shards", type=int, default=1,
                         help="number of shards; image k of the id-sorted list goes to shard k %% num-shards")
-    parser.add_argument("--out", required=True, help="output parquet, e.g. results/x/pseudo/shards/0-of-4.parquet")
+    parser.add_argument("--out", required=True, help="output parquet, e.g. results/x/seed0/pseudo/shards/0-of-4.parquet")
     parser.add_argument("--input-size", type=int, default=None,
                         help="long side of the network input (default: the checkpoint's input_size; 0: native "
                              "resolution, as the reference)")

@@ -33,7 +33,7 @@ def _named(items: list[str] | None, flag: str) -> list[tuple[str, list[Path]]]:
         elif groups:
             groups[-1][1].append(Path(item))
         else:
-            raise InputError(f"{flag} {item!r}: the first item must be NAME=PATH (e.g. ggn=results/x/eval/ggn.json)")
+            raise InputError(f"{flag} {item!r}: the first item must be NAME=PATH (e.g. ggn=results/x/seed0/eval/ggn.json)")
     return groups
 
 

@@ -290,7 +290,7 @@ def _named_paths(items: list[str] | None) -> dict[str, Path]:
     for item in items or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise InputError(f"--detections {item!r}: use NAME=PATH (e.g. baseline=results/x/detector/baseline/"
+            raise InputError(f"--detections {item!r}: use NAME=PATH (e.g. baseline=results/x/seed0/detector/baseline/"
                              "detections.json)")
         out[name] = Path(path)
     return out

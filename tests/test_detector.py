@@ -185,7 +185,8 @@ def test_train_and_predict_follow_the_results_contract(tiny_coco, tmp_path, kind
     ckpt = tmp_path / "det" / "checkpoint.pt"
     assert _train(tiny_coco, ckpt, 1, "--kind", kind) == 0
     saved = torch.load(ckpt, weights_only=True)
-    assert set(saved) == {"model", "config"} and saved["config"]["kind"] == kind
+    assert set(saved) == {"model", "config", "provenance"} and saved["config"]["kind"] == kind
+    assert {"torch", "torchvision", "numpy", "cpu"} <= set(saved["provenance"])
     log = [json.loads(line) for line in (ckpt.parent / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["epoch"] == 1 and np.isfinite(log[-1]["mean"]["loss"])
     dets_path = tmp_path / "detections.json"

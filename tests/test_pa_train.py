@@ -84,7 +84,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_coco, tmp_path):
     for k, sa in a["optimizer"]["state"].items():
         assert torch.allclose(sa["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"], atol=1e-6)
     final_a, final_b = load_checkpoint(full), load_checkpoint(killed)
-    assert set(final_a) == {"model", "config"}
+    assert set(final_a) == {"model", "config", "provenance"}
+    assert final_a["provenance"]["torch"] == str(torch.__version__) and final_a["provenance"]["cpu"]
     for k, v in final_a["model"].items():
         assert torch.allclose(v.float(), final_b["model"][k].float(), atol=1e-5), k
     # the resumed run logged epoch 2 once and did not redo epoch 1
