@@ -1,4 +1,5 @@
 # Config validation and every helper the rules use; rules themselves only wire files together.
+import os
 import re
 import shlex
 import types
@@ -85,7 +86,8 @@ def seeds_of(name):
 
 def pdir_seed(pdir):
     """The seed of a seeded pseudo-GT folder (seed3/pseudo -> 3), None for a seedless one."""
-    return int(pdir.split("/")[0][4:]) if pdir.startswith("seed") else None
+    head, _, _ = pdir.partition(os.sep)
+    return int(head.removeprefix("seed")) if head.startswith("seed") else None
 
 
 def experiment(wildcards):
