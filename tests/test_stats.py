@@ -79,9 +79,7 @@ def test_row_over_three_seeds_reports_mean_sd_and_paired_gain(tmp_path):
     # the PA network's lead over the control: recall 10, 12, 14 points; precision 40, 50, 60
     assert row["quality_gain_pseudo_recall@20"] == 12.0 and row["quality_gain_pseudo_precision"] == 50.0
     assert row["control_pseudo_precision"] == 10.0 and row["control_pseudo_precision_sd"] is None
-    assert main(["table", "gather", "--rows", str(tmp_path / "row.json"), "--csv", str(tmp_path / "t.csv"),
-                 "--md", str(tmp_path / "t.md")]) == 0
-    md = (tmp_path / "t.md").read_text()
+    md = _gather(tmp_path, tmp_path / "row.json")
     assert "22.0 ± 2.0 → 25.0 ± 3.0" in md and "| 0 1 7 (3) |" in md
     line = next(x for x in md.splitlines() if x.startswith("| x |"))
     assert f"+3.0 (95% CI {3 - half:+.1f} to {3 + half:+.1f})" in line and "not distinguishable" not in line
@@ -95,18 +93,15 @@ def test_a_gain_whose_interval_holds_zero_says_so(tmp_path):
     ggn = [_metrics(tmp_path / f"g{s}.json", v) for s, v in zip(range(3), (0.25, 0.18, 0.21))]
     row = make_row("x", base, ggn, seeds=[0, 1, 2])
     assert row["gain_mask_AR@100_ci_low"] < 0 < row["gain_mask_AR@100_ci_high"]
-    main(["table", "gather", "--rows", str(_write(tmp_path / "row.json", row)), "--csv", str(tmp_path / "t.csv"),
-          "--md", str(tmp_path / "t.md")])
-    assert "not distinguishable from 0" in (tmp_path / "t.md").read_text()
+    assert "not distinguishable from 0" in _gather(tmp_path, _write(tmp_path / "row.json", row))
 
 
 def test_one_seed_prints_n_1_and_no_interval(tmp_path):
     row = make_row("x", _metrics(tmp_path / "b.json", 0.2), _metrics(tmp_path / "g.json", 0.25))
     assert row["n"] == 1 and row["gain_mask_AR@100"] == 5.0 and row["gain_mask_AR@100_ci_low"] is None
     assert row["baseline_mask_AR@100_sd"] is None and "baseline_mask_AR@100_seed0" not in row
-    main(["table", "gather", "--rows", str(_write(tmp_path / "row.json", row)), "--csv", str(tmp_path / "t.csv"),
-          "--md", str(tmp_path / "t.md")])
-    line = next(x for x in (tmp_path / "t.md").read_text().splitlines() if x.startswith("| x |"))
+    md = _gather(tmp_path, _write(tmp_path / "row.json", row))
+    line = next(x for x in md.splitlines() if x.startswith("| x |"))
     assert "+5.0 (n = 1, no interval)" in line and "CI" not in line and "±" not in line
 
 
@@ -130,6 +125,13 @@ def test_row_names_the_versions_and_machine_of_its_checkpoints(tmp_path):
     row = make_row("x", _metrics(tmp_path / "b.json", 0.2), _metrics(tmp_path / "g.json", 0.25), checkpoints=[ckpt])
     assert row["versions"].startswith(f"torch {torch.__version__}, torchvision ") and "numpy" in row["versions"]
     assert row["machine"]
+
+
+def _gather(tmp_path, row_path) -> str:
+    """`ggn table gather` of one row file: the Markdown table (the CSV beside it as t.csv)."""
+    assert main(["table", "gather", "--rows", str(row_path), "--csv", str(tmp_path / "t.csv"),
+                 "--md", str(tmp_path / "t.md")]) == 0
+    return (tmp_path / "t.md").read_text()
 
 
 def _write(path, row):
