@@ -65,7 +65,7 @@ lock:
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
-	@echo "Results: results/table.md (metrics under results/*/eval/)"
+	@echo "Results: results/table.md (per-seed metrics under results/*/seed*/eval/, figures under results/*/figures/)"
 	@cat results/table.md 2>/dev/null || true
 
 test: $(STAMP)

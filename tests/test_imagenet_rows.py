@@ -116,14 +116,14 @@ def test_imagenet_rows_end_to_end_on_fake_trees(tmp_path, fake_coco_with_weights
     # The ImageNet folder was listed by the workflow; its pseudo-GT went into the per-image store.
     listed = json.loads((results / "imagenet_random_init" / "data" / "pseudo_images.json").read_text())
     assert len(listed["images"]) == 6 and all("/" in im["file_name"] for im in listed["images"])
-    assert (results / "imagenet_random_init" / "pseudo" / "store" / "manifest.json").is_file()
-    pseudo = json.loads((results / "imagenet_random_init" / "pseudo" / "pseudo_gt.json").read_text())
+    assert (results / "imagenet_random_init" / "seed0" / "pseudo" / "store" / "manifest.json").is_file()
+    pseudo = json.loads((results / "imagenet_random_init" / "seed0" / "pseudo" / "pseudo_gt.json").read_text())
     with_pseudo = {a["image_id"] for a in pseudo["annotations"]}
     assert with_pseudo and all(a["gt_iou"] is None for a in pseudo["annotations"])  # no GT on ImageNet
 
     # Random init, GroupNorm, pseudo-GT alone, cosine schedule.
-    det = results / "imagenet_random_init" / "detector" / "ggn"
-    log = (results / "imagenet_random_init" / "logs" / "train_detector-ggn.log").read_text()
+    det = results / "imagenet_random_init" / "seed0" / "detector" / "ggn"
+    log = (results / "imagenet_random_init" / "logs" / "seed0" / "train_detector-ggn.log").read_text()
     assert f"training on pseudo-GT alone: {len(with_pseudo)} of 6 listed images have pseudo-GT" in log, log[-3000:]
     ckpt = load_checkpoint(det / "checkpoint.pt")
     assert ckpt["config"]["norm"] == "gn" and ckpt["config"]["frozen_stages"] == 1

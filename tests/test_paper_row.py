@@ -207,7 +207,7 @@ def test_paper_row_end_to_end_on_fake_coco(tmp_path, monkeypatch):
     assert row["paper_baseline_mask_AR@100"] == 19.9 and row["paper_ggn_mask_AR@100"] == 28.7
 
     # PA training: 2 processes of 1 image each, lr scaled from 0.02 for 8 images.
-    pa_epochs = [r for r in _jsonl(exp_dir / "pa" / "train_log.jsonl") if "epoch_loss" in r]
+    pa_epochs = [r for r in _jsonl(exp_dir / "seed0" / "pa" / "train_log.jsonl") if "epoch_loss" in r]
     assert len(pa_epochs) == 1, pa_epochs
     pa_epoch = pa_epochs[0]
     assert len(pa_epoch["images_per_rank"]) == 2 and min(pa_epoch["images_per_rank"]) > 0, pa_epoch
