@@ -137,3 +137,15 @@ def _gather(tmp_path, row_path) -> str:
 def _write(path, row):
     path.write_text(json.dumps(row))
     return path
+
+
+def test_ar_curves_are_the_mean_over_seeds_with_a_t_band(tmp_path):
+    from ggn.plots import ar_curves, plot_curves
+
+    files = [_metrics(tmp_path / f"g{s}.json", v) for s, v in enumerate((0.20, 0.26, 0.23))]
+    ks, mean, half, n = ar_curves([("ggn", files)])["ggn"]["segm"]
+    assert n == 3 and ks[0] == 10 and mean[0] == pytest.approx(23.0)
+    assert half[0] == pytest.approx(4.302653 * 3.0 / math.sqrt(3), abs=1e-4)  # sd of 20, 26, 23 is 3
+    assert ar_curves([("ggn", files[:1])])["ggn"]["segm"][2] is None  # one seed: no band
+    plot_curves([("ggn", files), ("baseline", files[:1])], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
