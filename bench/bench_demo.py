@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from ggn.table import gain_text
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MINUTES = 20.0
 TARGET_GAIN = 3.0
@@ -39,15 +41,6 @@ def run(work: Path, config: Path, cores: int) -> float:
     if proc.returncode != 0:
         sys.exit(f"snakemake failed (exit {proc.returncode}); its log: {work.parent / f'{work.name}.log'}")
     return seconds
-
-
-def interval(row: dict, key: str) -> str:
-    mean, low, high = row.get(key), row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
-    if mean is None:
-        return "undefined"
-    if low is None:
-        return f"{mean:+.1f} (n = {row.get('n')}, no interval)"
-    return f"{mean:+.1f} (95% CI {low:+.1f} to {high:+.1f})"
 
 
 def report(work: Path, seconds: float | None, cores: int) -> int:
@@ -74,7 +67,7 @@ def report(work: Path, seconds: float | None, cores: int) -> int:
                 met = low is not None and low > 0 and mean is not None and mean >= target
                 failed += not met
                 ok = f"  target: mean >= {target:+.1f} and lower bound > 0: {'met' if met else 'NOT met'}"
-            print(f"  {label:38s} {interval(row, key)}{ok}")
+            print(f"  {label:38s} {gain_text(row, key) or 'undefined'}{ok}")
     if seconds is not None:
         met = seconds <= TARGET_MINUTES * 60
         failed += not met

@@ -194,8 +194,11 @@ def checkpoint_kind(ckpt: Any) -> tuple[str | None, str]:
     return kind, words
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", expect: str | None = None) -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", expect: str | None = None,
+                    mmap: bool = False) -> dict:
     """Load a checkpoint with weights_only=True: tensors and plain values only, never pickled code.
+
+    `mmap`: map the tensors instead of reading them (for callers that read only the plain values).
 
     `expect` ("pa" or "detector"): refuse, naming what the file holds, a checkpoint of another network, a
     training state, bare weights or a file this pipeline did not write."""
@@ -205,7 +208,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", expect: 
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist; train it first or fix the path")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"checkpoint {path} cannot be read with torch.load(weights_only=True): it is truncated, "

@@ -98,7 +98,8 @@ def _r(value: float | None) -> float | None:
 
 
 def _put_stats(row: dict, column: str, values: list[float | None], seeds: list[int]) -> None:
-    """`column` = mean, `column_sd`, and one `column_seed{s}` per seed (n is the row's `n`)."""
+    """`column` = mean, `column_sd`, and one `column_seed{s}` per seed (n is the row's `n`); a single value (one
+    seed, or a file shared by every seed) has no per-seed columns."""
     summary = summarize(values)
     row[column] = _r(summary.mean)
     row[f"{column}_sd"] = _r(summary.sd)
@@ -171,7 +172,7 @@ def make_row(experiment: str, baseline, ggn, pa=None, training: str = "", evalua
         quality[variant] = [quality_columns(variant, p) for p in paths]
         for column in quality[variant][0]:
             series = [q[column] for q in quality[variant]]
-            _put_stats(row, column, series, seeds if len(series) == n else seeds[:1])
+            _put_stats(row, column, series, seeds)
     if "control" in quality and "ggn" in quality:  # PA network minus image gradient, paired by seed
         for column, _ in QUALITY:
             _put_difference(row, f"quality_gain_{column}", [q[f"ggn_{column}"] for q in quality["ggn"]],
@@ -182,7 +183,7 @@ def make_row(experiment: str, baseline, ggn, pa=None, training: str = "", evalua
         for column, key in (("pa_boundary_F", "pa"), ("gradient_boundary_F", "gradient_baseline")):
             scores = [b.get(key, {}).get("f") for b in boundary]
             scores = [None if f is None else round(100.0 * f, 2) for f in scores]
-            _put_stats(row, column, scores, seeds if len(scores) == n else seeds[:1])
+            _put_stats(row, column, scores, seeds)
     row.update(_provenance(checkpoints))
     return row
 
@@ -196,7 +197,7 @@ def _provenance(checkpoints) -> dict:
 
     versions, machines = [], []
     for path in checkpoints:
-        record = load_checkpoint(path).get("provenance")
+        record = load_checkpoint(path, mmap=True).get("provenance")  # the tensors are never read
         if not isinstance(record, dict):
             text, machine = "not recorded", f"not recorded ({Path(path).name})"
         else:
@@ -227,13 +228,13 @@ def _fmt(v) -> str:
     return "" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
 
-def _with_sd(r: dict, key: str) -> str:
-    """`mean ± sd` of a metric over seeds (the mean alone with one seed); `–` when missing."""
+def _with_sd(r: dict, key: str, missing: str = "–") -> str:
+    """`mean ± sd` of a metric over seeds (the mean alone with one seed); `missing` when there is none."""
     if key in r.get("undefined", ()):
         return "undef."
     mean, sd = r.get(key), r.get(f"{key}_sd")
     if mean is None:
-        return "–"
+        return missing
     return f"{mean:.1f} ± {sd:.1f}" if sd is not None else f"{mean:.1f}"
 
 
@@ -322,7 +323,7 @@ def render_quality(rows: list[dict]) -> list[str]:
     for r, v in sources:
         cells = [str(r["experiment"]).replace("|", "\\|"),
                  {"control": "image gradient (control)", "ggn": "PA network (GGN)"}[v]]
-        cells += [_with_sd(r, f"{v}_{c}").replace("–", "") for c, _ in QUALITY]
+        cells += [_with_sd(r, f"{v}_{c}", missing="") for c, _ in QUALITY]
         lines.append("| " + " | ".join(cells) + " |")
         if v == "ggn" and f"quality_gain_{QUALITY[0][0]}" in r:
             cells = [str(r["experiment"]).replace("|", "\\|"), "PA network − control"]

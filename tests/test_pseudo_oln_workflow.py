@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_workflow import REPO, SNAKEMAKE, _env, snakemake, tiny_config
+from test_workflow import REPO, SNAKEMAKE, _env, job_counts, snakemake, tiny_config
 
 
 def oln_config(results):
@@ -19,21 +19,6 @@ def oln_config(results):
     exp["rank"] = {"by": "oln"}
     exp["extract"]["top_k"] = 5
     return config
-
-
-def _jobs(out: str) -> dict[str, int]:
-    """rule -> job count from the job-stats table of a dry run."""
-    counts, table = {}, False
-    for line in out.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            table = True
-            continue
-        if table and len(parts) == 2 and parts[1].isdigit():
-            if parts[0] == "total":
-                break
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_rank_oln_needs_an_oln_detector(tmp_path):
@@ -50,7 +35,7 @@ def test_dry_run_places_rank_oln_between_extraction_and_merge(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(oln_config(tmp_path / "results")))
     out = snakemake("-n", "-p", "--configfile", str(cfg))
-    jobs = _jobs(out)
+    jobs = job_counts(out)
     assert jobs["extract"] == jobs["rank_oln"] == 2 and jobs["merge"] == 1, jobs
     # extraction keeps every candidate unsuppressed; the ranker applies the grouping's NMS and top-k
     assert "--top-k 0 --propose-params nms=0" in out
@@ -85,7 +70,7 @@ def test_pseudo_oln_end_to_end_and_a_ranking_change_reruns_only_what_depends_on_
 
     config["experiments"]["tiny"]["rank"]["pa_weight"] = 2.0
     cfg.write_text(yaml.safe_dump(config))
-    jobs = _jobs(snakemake("-n", "--configfile", str(cfg)))
+    jobs = job_counts(snakemake("-n", "--configfile", str(cfg)))
     # everything downstream of the ranked shards reruns (the pseudo-GT's quality, the GGN detector, its
     # predictions, panels and curves, the row); extraction, the PA network and both baselines do not
     expected = {"rank_oln": 2, "merge": 1, "eval_pseudo": 1, "train_detector": 1, "predict": 1, "evaluate": 1,

@@ -102,13 +102,32 @@ def test_shard_count_override_from_command_line(tmp_path):
     assert "4-of-5.parquet" in out and "of-2.parquet" not in out, out
 
 
+def _dry_run_fields(out: str) -> list[dict[str, str]]:
+    """The fields (output, threads, resources, ...) of each job a dry run lists, rule `all` left out."""
+    blocks = (dict(line.strip().split(": ", 1) for line in block.splitlines()[1:] if ": " in line)
+              for block in out.split("\nrule ")[1:])
+    return [fields for fields in blocks if "output" in fields]
+
+
+def job_counts(out: str) -> dict[str, int]:
+    """rule -> job count from the job-stats table of a dry run."""
+    counts, table = {}, False
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            table = True
+            continue
+        if table and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
 def _dry_run_jobs(out: str, results: Path) -> dict[str, dict[str, str]]:
     """{first output relative to `results`: {"threads": .., "runtime": .., "mem_mb": .., ...}} of a dry run's jobs."""
     jobs = {}
-    for block in out.split("\nrule ")[1:]:
-        fields = dict(line.strip().split(": ", 1) for line in block.splitlines()[1:] if ": " in line)
-        if "output" not in fields:
-            continue  # rule all
+    for fields in _dry_run_fields(out):
         values = {"threads": fields.get("threads", "1")}
         values |= dict(item.split("=", 1) for item in fields["resources"].split(", "))
         jobs[str(Path(fields["output"].split(",")[0]).relative_to(results))] = values
@@ -151,12 +170,7 @@ def _refused(config: dict, tmp_path: Path) -> str:
 
 def _outputs(out: str) -> list[str]:
     """Every output path of a dry run's jobs."""
-    paths = []
-    for block in out.split("\nrule ")[1:]:
-        for line in block.splitlines()[1:]:
-            if line.strip().startswith("output: "):
-                paths += [p.strip() for p in line.strip()[len("output: "):].split(",")]
-    return paths
+    return [p.strip() for fields in _dry_run_fields(out) for p in fields["output"].split(",")]
 
 
 def test_seeds_pair_and_adding_one_runs_only_its_jobs(tmp_path):
@@ -172,9 +186,9 @@ def test_seeds_pair_and_adding_one_runs_only_its_jobs(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     out = snakemake("-n", "-p", "--configfile", str(cfg), cwd=tmp_path)
-    stats = dict(line.split() for line in out.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
-    assert stats["train_pa"] == "3" and stats["train_detector"] == "9" and stats["predict"] == "9", stats
-    assert stats["merge"] == "4" and stats["eval_pa"] == "3", stats  # 3 seeds of the PA network's + 1 control
+    stats = job_counts(out)
+    assert stats["train_pa"] == 3 and stats["train_detector"] == 9 and stats["predict"] == 9, stats
+    assert stats["merge"] == 4 and stats["eval_pa"] == 3, stats  # 3 seeds of the PA network's + 1 control
     for seed in (0, 1, 2):
         extract = [c for c in out.splitlines() if "ggn extract" in c and f"tiny/seed{seed}/pseudo/shards" in c]
         assert extract and all(f"--checkpoint {results}/tiny/seed{seed}/pa/checkpoint.pt" in c for c in extract)
