@@ -36,7 +36,7 @@ rule row:
         mem_mb=job_resource("row", "mem_mb"),
         runtime=job_resource("row", "runtime"),
     shell:
-        "ggn table row {params.metrics} --pa {input.pa:q} --out {output.row:q}"
+        "ggn table row {params.metrics} --out {output.row:q}"
         " {params.flags} > {log:q} 2>&1"
 
 

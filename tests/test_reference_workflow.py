@@ -1,0 +1,86 @@
+"""The authors' released artifacts in the workflow: `reference.pseudo_gt` as the ggn variant's pseudo-GT (imported,
+merged with the row's top-k; no PA training, no extraction) and `reference.detector` as the evaluation-only
+`authors` variant (predict + evaluate, printed beside ours)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from ggn.cli import main
+from ggn.table import make_row, render_markdown
+from tests.test_import_reference import detector_keys, random_state, save_mmcv
+from tests.test_workflow import job_counts, snakemake, tiny_config
+
+
+def _released_pseudo(path):
+    """A released file in extract_pa_masks.py's per-image list format; its image ids need not exist (the dry run
+    reads nothing)."""
+    path.write_text(json.dumps([]))
+    return path
+
+
+def _converted_detector(tmp_path):
+    src = save_mmcv(tmp_path / "ggn_voc.pth", random_state(detector_keys("maskrcnn"), seed=11))
+    out = tmp_path / "ggn_voc_converted.pt"
+    assert main(["import-reference", "--checkpoint", str(src), "--out", str(out)]) == 0
+    return out
+
+
+def _config(tmp_path, reference):
+    cfg = tiny_config(tmp_path / "results")
+    cfg["experiments"]["tiny"]["reference"] = reference
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_dry_run_with_released_pseudo_gt_and_detector(tmp_path):
+    detector = tmp_path / "converted.pt"
+    detector.write_bytes(b"")  # the dry run checks that the file exists, never reads it
+    cfg = _config(tmp_path, {"pseudo_gt": str(_released_pseudo(tmp_path / "pseudo.json")),
+                             "detector": str(detector)})
+    out = snakemake("-n", "-p", "--forceall", "--configfile", str(cfg))
+    counts = job_counts(out)
+    assert counts.get("import_pseudo") == 1 and counts.get("merge") == 1
+    assert "train_pa" not in counts and "extract" not in counts and "eval_pa" not in counts
+    assert counts["train_detector"] == 2  # baseline and ggn; the authors' detector is never trained
+    assert counts["predict"] == 3 and counts["evaluate"] == 3  # baseline, ggn, authors
+    assert f"--checkpoint {detector}" in out and "--authors" in out and " --pa " not in out
+    assert "pseudo_reference/shards/0-of-1.parquet" in out
+
+
+def test_missing_reference_file_is_refused(tmp_path):
+    cfg = _config(tmp_path, {"detector": str(tmp_path / "nowhere.pt")})
+    out = snakemake("-n", "--configfile", str(cfg), check=False)
+    assert "reference.detector" in out and "ggn import-reference" in out
+
+
+@pytest.mark.slow
+def test_evaluation_only_variant_runs_on_tiny_data(tmp_path):
+    """A converted reference-layout detector, predicted and evaluated by the workflow (synth, split, predict,
+    evaluate only)."""
+    cfg = _config(tmp_path, {"detector": str(_converted_detector(tmp_path))})
+    metrics_path = tmp_path / "results" / "tiny" / "seed0" / "eval" / "authors.json"
+    snakemake("--cores", "2", "--configfile", str(cfg), str(metrics_path))
+    metrics = json.loads(metrics_path.read_text())
+    assert set(metrics) >= {"bbox", "segm"} and "AR@100" in metrics["segm"]
+    assert not (tmp_path / "results" / "tiny" / "seed0" / "pa").exists()
+    assert not (tmp_path / "results" / "tiny" / "seed0" / "detector" / "baseline").exists()
+
+
+def test_table_prints_the_authors_model_beside_ours(tmp_path):
+    def metrics(value, name):
+        path = tmp_path / name
+        keys = ["AR@10", "AR@100"]
+        path.write_text(json.dumps({t: {k: value for k in keys} for t in ("bbox", "segm")}))
+        return path
+
+    row = make_row("coco_voc_to_nonvoc", metrics(0.2, "b.json"), metrics(0.28, "g.json"),
+                   authors=metrics(0.287, "a.json"))
+    assert row["authors_mask_AR@100"] == pytest.approx(28.7)
+    md = render_markdown([row])
+    assert "authors' model, our evaluation" in md and "28.7 / 28.7" in md
+    assert "CC-BY-NC 4.0" in md
