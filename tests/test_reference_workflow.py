@@ -64,7 +64,7 @@ def test_evaluation_only_variant_runs_on_tiny_data(tmp_path):
     evaluate only)."""
     cfg = _config(tmp_path, {"detector": str(_converted_detector(tmp_path))})
     metrics_path = tmp_path / "results" / "tiny" / "seed0" / "eval" / "authors.json"
-    snakemake("--cores", "2", "--configfile", str(cfg), str(metrics_path))
+    snakemake(str(metrics_path), "--cores", "2", "--configfile", str(cfg))
     metrics = json.loads(metrics_path.read_text())
     assert set(metrics) >= {"bbox", "segm"} and "AR@100" in metrics["segm"]
     assert not (tmp_path / "results" / "tiny" / "seed0" / "pa").exists()
