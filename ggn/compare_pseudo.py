@@ -53,13 +53,13 @@ def best_ious(theirs: list[dict], ours: list[dict]) -> np.ndarray:
 def compare(our_shards: list[str], released: str, annotations: str, top_k: int, gt_iou_max: float | None,
             max_images: int | None = None) -> dict:
     from ggn.annotations import validate_coco
-    from ggn.import_pseudo import candidate_table, released_candidates
+    from ggn.import_pseudo import released_tables
 
     coco = read_json(annotations, "annotation file")
     images = validate_coco({k: v for k, v in coco.items() if k != "annotations"}, annotations, annotations=False,
                            categories=False)[0]["images"]
-    candidates, fmt = released_candidates(read_json(released, "released pseudo-GT file"), released)
-    theirs_table, _ = candidate_table(candidates, images, released)
+    fmt, _, chunks = released_tables(Path(released), images)
+    theirs_table = pa.concat_tables([table for table, _ in chunks])
     tables = []
     for shard in our_shards:
         if not Path(shard).is_file():
@@ -105,7 +105,7 @@ def report_lines(result: dict) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ours", nargs="+", required=True, help="our extraction shards (parquet) of the same images")
-    p.add_argument("--theirs", required=True, help="the authors' released pseudo-GT (merged COCO file or mask lists)")
+    p.add_argument("--theirs", required=True, help="the authors' released pseudo-GT (merged COCO file, mask lists or per-image folder)")
     p.add_argument("--annotations", required=True, help="the COCO file both were extracted from (image ids, names)")
     p.add_argument("--top-k", type=int, default=3, help="their kept masks per image (the row's merge.top_k)")
     p.add_argument("--gt-iou-max", type=float, default=0.5, help="the row's merge.gt_iou_max")

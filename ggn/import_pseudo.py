@@ -7,7 +7,9 @@ write:
   score, orig_shape} (extract_pa_masks.py `proposals2json`), at most 20 per image (topk=20);
 - their merged COCO file, tools/merge_annotations.py: a COCO dict whose `annotations` are those candidates
   from all shards, renumbered `id`s, the image list of the reference annotation file.
-Neither applies the selection: the reference's training set does (det:212-217, coco_split_pseudo_masks.py:55-73):
+- per-image files `{image_id}.json` in one folder, each that image's list of candidates, which the ImageNet
+  rows' training reads one at a time (README "Training of GGN"; coco_split_online.py `get_ann_info`).
+None applies the selection: the reference's training set does (det:212-217, coco_split_pseudo_masks.py:55-73):
 candidates with gt_iou < 0.5, the best `top_k` per image by rank. So the import keeps every candidate, with its
 rank and gt_iou, in our shard layout (ggn.extract.SHARD_SCHEMA), and the workflow's `ggn merge` applies the row's
 `merge.top_k` and `merge.gt_iou_max` exactly as it does to our own extraction.
@@ -111,29 +113,69 @@ def candidate_table(candidates: list[dict], images: list[dict], path: str | os.P
     return pa.Table.from_pydict(rows, schema=SHARD_SCHEMA), counts
 
 
+PER_IMAGE_CHUNK = 20000  # images of a per-image folder read and written at a time (memory flat in the image count)
+
+
+def _per_image_folder(folder: Path, images: list[dict]):
+    """(candidates of up to PER_IMAGE_CHUNK images) per chunk, from `{image_id}.json` files; counts files seen."""
+    chunk: list[dict] = []
+    in_chunk = 0
+    for im in images:
+        path = folder / f"{im['id']}.json"
+        if not path.is_file():
+            continue
+        anns = read_json(path, "released per-image pseudo-GT file")
+        if not isinstance(anns, list):
+            raise InputError(f"{path}: a JSON {type(anns).__name__}; a per-image file holds that image's list of "
+                             "candidates")
+        for rank, ann in enumerate(anns):
+            if isinstance(ann, dict):
+                ann.setdefault("image_id", int(im["id"]))
+                ann.setdefault("rank", rank)  # the file's order is the rank the online dataset reads
+        chunk += anns
+        in_chunk += 1
+        if in_chunk == PER_IMAGE_CHUNK:
+            yield chunk
+            chunk, in_chunk = [], 0
+    yield chunk
+
+
+def released_tables(released: Path, images: list[dict]):
+    """(format, SHA-256 or None, iterator of (table, counts)) of a released file or per-image folder."""
+    if released.is_dir():
+        return ("per-image files", None,  # a folder of a million files is named, not hashed
+                (candidate_table(c, images, released) for c in _per_image_folder(released, images)))
+    candidates, fmt = released_candidates(read_json(released, "released pseudo-GT file"), released)
+    return fmt, file_sha256(released), iter([candidate_table(candidates, images, released)])
+
+
 def import_pseudo(released: str | os.PathLike, annotations: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Write the released candidates of `annotations`' images as shard 0 of 1 at `out`; returns the counts."""
     from ggn.extract import META_SHARD, SHARD_SCHEMA
 
-    candidates, fmt = released_candidates(read_json(released, "released pseudo-GT file"), released)
     coco = read_json(annotations, "annotation file")
     images = validate_coco({k: v for k, v in coco.items() if k != "annotations"}, annotations, annotations=False,
                            categories=False)[0]["images"]
-    table, counts = candidate_table(candidates, images, released)
-    if counts["imported"] == 0:
-        raise InputError(f"none of the {counts['candidates']} candidates of {released} belongs to an image of "
-                         f"{annotations}: the pseudo-GT of another dataset or split? (their image_ids must be the "
-                         "ids or file names of that file's images)")
+    released = Path(released)
+    fmt, source_hash, chunks = released_tables(released, images)
+    meta = {"shard": 0, "num_shards": 1, "annotations_sha256": file_sha256(annotations),
+            "source": {"file": released.name, "sha256": source_hash, "format": fmt, "licence": LICENCE_NOTE}}
+    schema = SHARD_SCHEMA.with_metadata({META_SHARD: json.dumps(meta).encode()})
+    counts: dict = {}
+    # chunk by chunk into the shard: each image's rows lie in one chunk, so they stay contiguous as merge needs
+    with atomic_open(out, "wb") as f:
+        with pq.ParquetWriter(f, schema) as writer:
+            for table, chunk_counts in chunks:
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+                for key, value in chunk_counts.items():
+                    counts[key] = counts.get(key, 0) + value
+            if counts.get("imported", 0) == 0:  # leaves no file behind (atomic_open removes its temporary)
+                raise InputError(f"none of the {counts.get('candidates', 0)} candidates of {released} belongs to an "
+                                 f"image of {annotations}: the pseudo-GT of another dataset or split? (their "
+                                 "image_ids must be the ids or file names of that file's images)")
     if counts["without_gt_iou"]:
         log.warning("%d candidates carry no gt_iou (extraction without --use-gt-masks): merge keeps them whatever "
                     "their overlap with annotated objects", counts["without_gt_iou"])
-    meta = {"shard": 0, "num_shards": 1, "annotations_sha256": file_sha256(annotations),
-            "source": {"file": Path(released).name, "sha256": file_sha256(released), "format": fmt,
-                       "licence": LICENCE_NOTE}}
-    schema = SHARD_SCHEMA.with_metadata({META_SHARD: json.dumps(meta).encode()})
-    with atomic_open(out, "wb") as f:
-        with pq.ParquetWriter(f, schema) as writer:
-            writer.write_table(table.replace_schema_metadata(schema.metadata))
     counts["format"] = fmt
     atomic_write_json(f"{out}.summary.json", counts | {"source": meta["source"]}, indent=2)
     log.info("%d of %d released candidates (%s) on %d images written to %s (%d outside %s)", counts["imported"],
@@ -143,7 +185,8 @@ def import_pseudo(released: str | os.PathLike, annotations: str | os.PathLike, o
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--released", required=True,
-                   help="the authors' pseudo-GT: their merged COCO file or extract_pa_masks.py's per-image lists")
+                   help="the authors' pseudo-GT: their merged COCO file, extract_pa_masks.py's per-image lists, or a "
+                        "folder of {image_id}.json files")
     p.add_argument("--annotations", required=True, help="the training COCO file whose images the pseudo-GT joins")
     p.add_argument("--out", required=True, help="shard parquet (give it to `ggn merge --shards`)")
 

@@ -18,8 +18,9 @@ Where the layouts differ, and how the converted network still computes what the 
 - Tensors the reference computes but never uses at test time are dropped by name (recorded in the checkpoint):
   OLN's `rpn_cls` and `fc_cls` (loss weight 0; oln_box.py:49-50, 70-71; convfc_bbox_score_head.py get_bboxes).
 - RoIAlign: mmdet uses aligned=True, sampling_ratio=0 (det roi_layer); torchvision's MultiScaleRoIAlign uses
-  aligned=False, sampling_ratio=2. The converted config carries `roi_align: reference` so that a detector
-  build with that option (issue 17) pools as mmdet does; without it, RoI features differ by half a pixel.
+  aligned=False, sampling_ratio=2. The converted config says `roi_aligned: true, roi_sampling_ratio: 0`, the
+  detector options issue 17 adds; a detector build without those options pools as torchvision does (RoI
+  features half a pixel off the authors').
 
 Released files are CC-BY-NC 4.0 (Generic-Grouping README, "License"): the converted checkpoint records the
 source file, its SHA-256 and that licence; none of them belongs in this repository.
@@ -177,6 +178,9 @@ OLN_RULES: list[Rule] = _DETECTOR_COMMON + [
 OLN_UNUSED = (r"rpn_head\.rpn_cls\.(weight|bias)", r"roi_head\.bbox_head\.fc_cls\.(weight|bias)")
 
 
+REFERENCE_ROI_ALIGN = {"roi_aligned": True, "roi_sampling_ratio": 0}
+
+
 def detect_kind(state: dict[str, torch.Tensor]) -> str:
     """pa, maskrcnn or oln, from the reference's module names."""
     keys = set(state)
@@ -297,7 +301,9 @@ def convert(state: dict[str, torch.Tensor], kind: str | None = None) -> tuple[di
                          + "\n  ".join(problems))
     model.load_state_dict(mapped, strict=True)
     if kind != "pa":
-        config["roi_align"] = "reference"
+        # mmcv's RoIAlign as the reference's detectors pool (aligned=True, sampling_ratio=0; det roi_layer), in the
+        # names of the detector option that issue 17 adds; a detector build without that option ignores them.
+        config.update(REFERENCE_ROI_ALIGN)
     return model.state_dict(), config, {"kind": kind, "dropped": dropped, "filled": filled}
 
 

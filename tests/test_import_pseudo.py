@@ -62,17 +62,34 @@ def released_merged(tmp_path):
     return {"images": ref["images"], "categories": ref["categories"], "annotations": anns}
 
 
-@pytest.mark.parametrize("fmt", ["lists", "merged"])
+def released_folder(tmp_path):
+    """coco_split_online.py's layout: {image_id}.json per image, its candidates in rank order, no rank field."""
+    folder = tmp_path / "per_image"
+    folder.mkdir()
+    for image in released_lists():
+        image_id = {"im2.png": 2}.get(image[0]["image_id"], image[0]["image_id"])
+        ranked = sorted(image, key=lambda a: a["rank"])
+        for a in ranked:
+            del a["rank"], a["image_id"]
+        (folder / f"{image_id}.json").write_text(json.dumps(ranked))
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["lists", "merged", "folder"])
 def test_released_pseudo_gt_reaches_the_training_set_with_top_k(tmp_path, fmt):
     from ggn.detector.data import build_training_dataset
 
     train = _train_json(tmp_path)
-    released = tmp_path / "released.json"
-    released.write_text(json.dumps(released_lists() if fmt == "lists" else released_merged(tmp_path)))
+    if fmt == "folder":
+        released = released_folder(tmp_path)
+    else:
+        released = tmp_path / "released.json"
+        released.write_text(json.dumps(released_lists() if fmt == "lists" else released_merged(tmp_path)))
     shard = tmp_path / "shards" / "0-of-1.parquet"
     assert main(["import-pseudo", "--released", str(released), "--annotations", str(train), "--out", str(shard)]) == 0
     summary = json.loads((tmp_path / "shards" / "0-of-1.parquet.summary.json").read_text())
-    assert summary["imported"] == 6 and summary["outside_annotations"] == 1
+    # (a per-image folder is read for the images of train.json only: image 99's file is never opened)
+    assert summary["imported"] == 6 and summary["outside_annotations"] == (0 if fmt == "folder" else 1)
     out = tmp_path / "pseudo_gt.json"
     assert main(["merge", "--shards", str(shard), "--annotations", str(train), "--out", str(out), "--top-k", "2",
                  "--gt-iou-max", "0.5"]) == 0

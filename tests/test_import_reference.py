@@ -208,7 +208,7 @@ def test_maskrcnn_converts_with_background_first_and_object_slots(tmp_path, norm
     model, config = load_detector(out, overrides={"min_size": 64, "max_size": 96, "box_detections_per_img": 20,
                                                   "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 50})
     assert config["kind"] == "maskrcnn" and config["norm"] == ("gn" if norm == "gn" else "eval_bn")
-    assert config["anchor_ratios"] == [1.0] and config["box_loss"] == "l1" and config["roi_align"] == "reference"
+    assert config["anchor_ratios"] == [1.0] and config["box_loss"] == "l1" and config["roi_aligned"] is True and config["roi_sampling_ratio"] == 0
     x = torch.randn(6, 1024, generator=torch.Generator().manual_seed(5))
     b = "roi_head.bbox_head."
     with torch.no_grad():
