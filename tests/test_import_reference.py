@@ -241,36 +241,45 @@ def test_oln_with_mask_head_converts_and_drops_unused_heads(tmp_path):
 
 
 def test_refusals(tmp_path):
+    from ggn.import_reference import convert as convert_state
+
     maskrcnn = random_state(detector_keys("maskrcnn"), seed=9)
-    # a checkpoint of another kind than asked
+    # a checkpoint of another kind than asked (through the command: nothing written)
     src = save_mmcv(tmp_path / "det.pth", maskrcnn)
     with pytest.raises(InputError, match="holds a class-agnostic Mask R-CNN.*--kind maskrcnn"):
         main(["import-reference", "--checkpoint", str(src), "--out", str(tmp_path / "x.pt"), "--kind", "pa"])
-    # a missing key: named, and nothing written
+    assert not (tmp_path / "x.pt").exists()
+    # a missing key, named
     partial = dict(maskrcnn)
     del partial["neck.fpn_convs.2.conv.weight"]
-    src = save_mmcv(tmp_path / "partial.pth", partial)
     with pytest.raises(InputError, match=r"does not provide: backbone\.fpn\.layer_blocks\.2\.0\.weight"):
-        main(["import-reference", "--checkpoint", str(src), "--out", str(tmp_path / "y.pt")])
-    assert not (tmp_path / "y.pt").exists()
-    # an unknown key
+        convert_state(partial)
+    # an unknown key, named
     extra = dict(maskrcnn, **{"roi_head.mask_iou_head.fc.weight": torch.zeros(2, 2)})
-    src = save_mmcv(tmp_path / "extra.pth", extra)
     with pytest.raises(InputError, match=r"no place in our network: roi_head\.mask_iou_head\.fc\.weight"):
-        main(["import-reference", "--checkpoint", str(src), "--out", str(tmp_path / "z.pt")])
+        convert_state(extra)
+    # a misshapen tensor (another FPN width)
+    wide = dict(maskrcnn, **{"neck.fpn_convs.0.conv.bias": torch.zeros(512)})
+    with pytest.raises(InputError, match=r"shape mismatch.*layer_blocks\.0\.0\.bias"):
+        convert_state(wide)
     # a class-specific head (COCO's 80 classes)
     specific = dict(maskrcnn)
     specific["roi_head.bbox_head.fc_cls.weight"] = torch.zeros(81, 1024)
     specific["roi_head.bbox_head.fc_cls.bias"] = torch.zeros(81)
-    src = save_mmcv(tmp_path / "specific.pth", specific)
     with pytest.raises(InputError, match="class-specific"):
-        main(["import-reference", "--checkpoint", str(src), "--out", str(tmp_path / "w.pt")])
+        convert_state(specific)
     # OLN-Box (no mask head): our OLN keeps a mask branch, so the mask tensors are reported missing
-    src = save_mmcv(tmp_path / "olnbox.pth", random_state(detector_keys("oln", mask=False)))
     with pytest.raises(InputError, match=r"does not provide: roi_heads\.mask_head\.0\.0\.weight"):
-        main(["import-reference", "--checkpoint", str(src), "--out", str(tmp_path / "v.pt")])
+        convert_state(random_state(detector_keys("oln", mask=False)))
+    # a PA predictor asked as a detector; something that is none of the three
+    with pytest.raises(InputError, match="holds a PA predictor"):
+        convert_state({"backbone.conv1.weight": torch.zeros(1), "classifier.conv_last.1.weight": torch.zeros(1)},
+                      "maskrcnn")
+    with pytest.raises(InputError, match="none of the reference's"):
+        convert_state({"encoder.weight": torch.zeros(1)})
     # one of our own checkpoints
-    ours = convert(tmp_path, maskrcnn, name="again.pth")
+    ours = tmp_path / "ours.pt"
+    torch.save({"model": {}, "config": {"kind": "maskrcnn", "backbone": "resnet50"}}, ours)
     with pytest.raises(InputError, match="needs no import"):
         main(["import-reference", "--checkpoint", str(ours), "--out", str(tmp_path / "u.pt")])
 
