@@ -10,6 +10,7 @@ only one side extracted are reported.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
-from ggn.io import InputError, atomic_write_json, read_json
+from ggn.io import InputError, atomic_write_json, file_sha256, read_json
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,27 @@ def _per_image(table: pa.Table) -> dict[int, list[tuple[int, float | None, dict]
     for rows in out.values():
         rows.sort(key=lambda r: r[0])
     return out
+
+
+def _shard_images(path: Path, all_ids: list[int], table: pa.Table, annotations_sha256: str) -> set[int]:
+    """The images an extraction shard covered, candidates or not: from its `ggn.shard` metadata (shard index, count,
+    --max-images) over the annotation file's ids; a shard without it covers the images it has rows for."""
+    from ggn.extract import META_SHARD, shard_image_ids
+
+    raw = (table.schema.metadata or {}).get(META_SHARD)
+    try:
+        meta = json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or "shard" not in meta:
+        return set(table["image_id"].to_pylist())
+    if meta.get("annotations_sha256") not in (None, annotations_sha256):
+        raise InputError(f"shard {path} was extracted from another annotation file than --annotations (its content "
+                         "differs); pass the file the shard was made from")
+    ids = shard_image_ids(all_ids, int(meta["shard"]), int(meta["num_shards"]))
+    if meta.get("max_images") is not None:
+        ids = ids[: int(meta["max_images"])]
+    return set(ids)
 
 
 def kept(rows: list[tuple[int, float | None, dict]], top_k: int, gt_iou_max: float | None) -> list[dict]:
@@ -60,22 +82,27 @@ def compare(our_shards: list[str], released: str, annotations: str, top_k: int, 
                            categories=False)[0]["images"]
     fmt, _, chunks = released_tables(Path(released), images)
     theirs_table = pa.concat_tables([table for table, _ in chunks])
-    tables = []
+    tables, covered = [], set()
+    sha = file_sha256(annotations)
+    all_ids = [int(im["id"]) for im in images]
     for shard in our_shards:
         if not Path(shard).is_file():
             raise InputError(f"shard {shard} does not exist; run `ggn extract` with the converted PA network first")
         tables.append(pq.read_table(shard))
+        covered |= _shard_images(Path(shard), all_ids, tables[-1], sha)
     ours = _per_image(pa.concat_tables(tables)) if tables else {}
     theirs = _per_image(theirs_table)
-    common = sorted(set(ours) & set(theirs))[:max_images]
+    # an image our extraction covered without keeping a candidate counts, with nothing reproduced
+    common = sorted(covered & set(theirs))[:max_images]
     if not common:
         raise InputError(f"no image is in both our shards and {released}: extract the images of their pseudo-GT "
                          f"(the same --annotations {annotations})")
     vs_kept, vs_all = [], []
     for image_id in common:
         their_kept = kept(theirs[image_id], top_k, gt_iou_max)
-        vs_kept.append(best_ious(their_kept, kept(ours[image_id], top_k, gt_iou_max)))
-        vs_all.append(best_ious(their_kept, [r[2] for r in ours[image_id]]))
+        our_rows = ours.get(image_id, [])
+        vs_kept.append(best_ious(their_kept, kept(our_rows, top_k, gt_iou_max)))
+        vs_all.append(best_ious(their_kept, [r[2] for r in our_rows]))
     vs_kept, vs_all = np.concatenate(vs_kept), np.concatenate(vs_all)
 
     def summary(ious: np.ndarray) -> dict:
@@ -83,7 +110,8 @@ def compare(our_shards: list[str], released: str, annotations: str, top_k: int, 
                 "mean_best_iou": float(ious.mean()) if len(ious) else None}
 
     return {"their_kept_masks": int(len(vs_kept)), "images_compared": len(common),
-            "images_only_theirs": len(set(theirs) - set(ours)), "images_only_ours": len(set(ours) - set(theirs)),
+            "images_only_theirs": len(set(theirs) - covered), "images_only_ours": len(covered - set(theirs)),
+            "images_without_our_candidates": len([i for i in common if i not in ours]),
             "top_k": top_k, "gt_iou_max": gt_iou_max, "released_format": fmt,
             "reproduced_by_our_kept": summary(vs_kept), "reproduced_by_any_our_candidate": summary(vs_all)}
 
@@ -94,7 +122,8 @@ def report_lines(result: dict) -> list[str]:
 
     lines = [f"their kept masks (top {result['top_k']}, gt_iou < {result['gt_iou_max']}): "
              f"{result['their_kept_masks']} on {result['images_compared']} images "
-             f"({result['images_only_theirs']} images only theirs, {result['images_only_ours']} only ours)"]
+             f"({result['images_without_our_candidates']} without any candidate of ours; "
+             f"{result['images_only_theirs']} images only theirs, {result['images_only_ours']} only ours)"]
     for key, words in (("reproduced_by_our_kept", "by our kept masks (same rule)"),
                        ("reproduced_by_any_our_candidate", "by any of our candidates")):
         s = result[key]

@@ -152,3 +152,35 @@ def test_compare_pseudo_reports_the_share_reproduced(tmp_path, capsys):
                  "--top-k", "2", "--out", str(tmp_path / "cmp.json")]) == 0
     printed = capsys.readouterr().out
     assert "IoU>=0.5 75.0%" in printed and "IoU>=0.8 50.0%" in printed
+
+
+def test_rung_c_extracts_with_a_converted_pa_network_and_compares(tmp_path, capsys):
+    """Ladder rung (c) end to end on stand-ins: a reference-layout PA predictor converted by `ggn import-reference`,
+    our extraction with it, and `ggn compare-pseudo` against a released-format file."""
+    from tests.test_import_reference import pa_predictor_keys, random_state, save_mmcv
+
+    train = _train_json(tmp_path)
+    rng = np.random.default_rng(0)
+    for i in (1, 2, 3):  # texture, so that the grouping finds regions
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(tmp_path / "images" / f"im{i}.png")
+    src = save_mmcv(tmp_path / "pa_voc.pth", random_state(pa_predictor_keys(), seed=5))
+    pa = tmp_path / "pa_voc.pt"
+    assert main(["import-reference", "--checkpoint", str(src), "--out", str(pa)]) == 0
+    ours = tmp_path / "ours_0-of-1.parquet"
+    assert main(["extract", "--checkpoint", str(pa), "--annotations", str(train), "--images", str(tmp_path / "images"),
+                 "--out", str(ours), "--device", "cpu"]) == 0
+    released = tmp_path / "released.json"
+    released.write_text(json.dumps(released_lists()))
+    capsys.readouterr()
+    assert main(["compare-pseudo", "--ours", str(ours), "--theirs", str(released), "--annotations", str(train),
+                 "--top-k", "3", "--out", str(tmp_path / "cmp.json")]) == 0
+    result = json.loads((tmp_path / "cmp.json").read_text())
+    # images 1 and 2 are theirs and ours (the shard covers all three, candidates or not); top 3 below gt_iou 0.5:
+    # three of image 1 (its rank 0 covers an annotated object), both of image 2
+    assert result["images_compared"] == 2 and result["their_kept_masks"] == 5
+    # on 20x24 images every region of ours touches the border and is filtered: compared, nothing reproduced
+    assert result["images_without_our_candidates"] == 2
+    for key in ("reproduced_by_our_kept", "reproduced_by_any_our_candidate"):
+        assert 0.0 <= result[key]["iou>=0.8"] <= result[key]["iou>=0.5"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "IoU>=0.5" in printed and "their kept masks (top 3, gt_iou < 0.5): 5 on 2 images" in printed
