@@ -10,8 +10,8 @@ write:
 - per-image files `{image_id}.json` in one folder, each that image's list of candidates, which the ImageNet
   rows' training reads one at a time (README "Training of GGN"; coco_split_online.py `get_ann_info`).
 None applies the selection: the reference's training set does (det:212-217, coco_split_pseudo_masks.py:55-73):
-candidates with gt_iou < 0.5, the best `top_k` per image by rank. So the import keeps every candidate, with its
-rank and gt_iou, in our shard layout (ggn.extract.SHARD_SCHEMA), and the workflow's `ggn merge` applies the row's
+candidates with gt_iou < 0.5, then the first `top_k` of the image in the file's order (extraction writes them best
+first). So the import keeps every candidate, ranked by its position in the file, with its gt_iou, in our shard layout (ggn.extract.SHARD_SCHEMA), and the workflow's `ggn merge` applies the row's
 `merge.top_k` and `merge.gt_iou_max` exactly as it does to our own extraction.
 
 `image_id` may be an id or, in unconverted extraction output, the image's file name; names are matched to
@@ -86,11 +86,14 @@ def candidate_table(candidates: list[dict], images: list[dict], path: str | os.P
                              "RLE {size, counts}; the authors' files hold RLEs")
         per_image[image_id].append(ann)
     rows: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
+    disordered = 0
     for image_id in sorted(per_image):
         anns = per_image[image_id]
-        # rank as released; where absent, the file's order (extraction writes best first)
-        anns = sorted(enumerate(anns), key=lambda p: (int(p[1].get("rank", p[0])), p[0]))
-        for new_rank, (_, ann) in enumerate(anns):
+        # The reference's training takes an image's first top_k in the file's order (pycocotools' per-image list,
+        # coco_split_pseudo_masks.py `get_ann_info`/`sample_targets`; the online dataset reads each file in order):
+        # that order is the rank here. Extraction writes best first, so it agrees with a `rank` field when present.
+        disordered += sum(int(a.get("rank", i)) != i for i, a in enumerate(anns))
+        for new_rank, ann in enumerate(anns):
             seg = ann["segmentation"]
             rle = {"size": [int(s) for s in seg["size"]],
                    "counts": seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]}
@@ -109,7 +112,7 @@ def candidate_table(candidates: list[dict], images: list[dict], path: str | os.P
             rows["rle"].append(rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"])
     counts = {"candidates": len(candidates), "imported": len(rows["image_id"]), "outside_annotations": outside,
               "images": len(per_image),
-              "without_gt_iou": sum(v is None for v in rows["gt_iou"])}
+              "without_gt_iou": sum(v is None for v in rows["gt_iou"]), "rank_field_not_file_order": disordered}
     return pa.Table.from_pydict(rows, schema=SHARD_SCHEMA), counts
 
 
@@ -173,6 +176,9 @@ def import_pseudo(released: str | os.PathLike, annotations: str | os.PathLike, o
                 raise InputError(f"none of the {counts.get('candidates', 0)} candidates of {released} belongs to an "
                                  f"image of {annotations}: the pseudo-GT of another dataset or split? (their "
                                  "image_ids must be the ids or file names of that file's images)")
+    if counts["rank_field_not_file_order"]:
+        log.warning("%d candidates' `rank` field differs from their position in the file; the file's order is used, "
+                    "as the reference's training reads it", counts["rank_field_not_file_order"])
     if counts["without_gt_iou"]:
         log.warning("%d candidates carry no gt_iou (extraction without --use-gt-masks): merge keeps them whatever "
                     "their overlap with annotated objects", counts["without_gt_iou"])

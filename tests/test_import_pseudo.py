@@ -46,9 +46,10 @@ FAR = _box_mask(14, 16, 20, 24)
 
 
 def released_lists():
-    # image 1: ranks out of file order; rank 0 overlaps an annotated object (gt_iou 0.9) and is not kept
-    image1 = [_candidate(1, 2, 0.2, MASKS[2]), _candidate(1, 0, 0.9, MASKS[0]), _candidate(1, 1, 0.1, MASKS[1]),
-              _candidate(1, 3, 0.0, MASKS[3])]
+    # image 1: `rank` fields out of file order (the reference's training reads the file's order); the second in the
+    # file overlaps an annotated object (gt_iou 0.9) and is not kept
+    image1 = [_candidate(1, 3, 0.0, MASKS[3]), _candidate(1, 0, 0.9, MASKS[0]), _candidate(1, 1, 0.1, MASKS[1]),
+              _candidate(1, 2, 0.2, MASKS[2])]
     image2 = [_candidate("im2.png", 0, 0.0, MASKS[4]), _candidate("im2.png", 1, 0.3, FAR)]  # file names
     elsewhere = [_candidate(99, 0, 0.0, MASKS[6])]  # an image outside train.json
     return [image1, image2, elsewhere]
@@ -68,10 +69,9 @@ def released_folder(tmp_path):
     folder.mkdir()
     for image in released_lists():
         image_id = {"im2.png": 2}.get(image[0]["image_id"], image[0]["image_id"])
-        ranked = sorted(image, key=lambda a: a["rank"])
-        for a in ranked:
+        for a in image:
             del a["rank"], a["image_id"]
-        (folder / f"{image_id}.json").write_text(json.dumps(ranked))
+        (folder / f"{image_id}.json").write_text(json.dumps(image))
     return folder
 
 
@@ -97,14 +97,16 @@ def test_released_pseudo_gt_reaches_the_training_set_with_top_k(tmp_path, fmt):
     by_image = {}
     for a in pseudo:
         by_image.setdefault(a["image_id"], []).append(a)
-    # image 1: rank 0 has gt_iou 0.9 -> out; the best two of the rest by rank are ranks 1 and 2
-    assert sorted(a["gt_iou"] for a in by_image[1]) == pytest.approx([0.1, 0.2])
+    # image 1: the 0.9 one is out; the first two of the rest in file order are MASKS[3] and MASKS[1], whatever
+    # their `rank` fields say
+    assert sorted(a["gt_iou"] for a in by_image[1]) == pytest.approx([0.0, 0.1])
+    assert summary["rank_field_not_file_order"] == (0 if fmt == "folder" else 4)  # ranks 3, 0, 1, 2
     assert sorted(a["gt_iou"] for a in by_image[2]) == pytest.approx([0.0, 0.3])
     assert set(by_image) == {1, 2}
     from pycocotools import mask as mask_utils
     kept1 = {tuple(mask_utils.toBbox(dict(a["segmentation"], counts=a["segmentation"]["counts"].encode()))[:2])
              for a in by_image[1]}
-    assert kept1 == {(1.0, 1.0), (2.0, 2.0)}  # MASKS[1] and MASKS[2]
+    assert kept1 == {(3.0, 3.0), (1.0, 1.0)}  # MASKS[3] and MASKS[1]
 
     dataset = build_training_dataset(train, tmp_path / "images", "ggn", pseudo_gt=out, flip=0)
     counts = {}
