@@ -180,7 +180,7 @@ def test_rung_c_extracts_with_a_converted_pa_network_and_compares(tmp_path, caps
     # images 1 and 2 are theirs and ours (the shard covers all three, candidates or not); top 3 below gt_iou 0.5:
     # three of image 1 (its rank 0 covers an annotated object), both of image 2
     assert result["images_compared"] == 2 and result["their_kept_masks"] == 5
-    # on 20x24 images every region of ours touches the border and is filtered: compared, nothing reproduced
+    # no candidate of ours survives on 20x24 images: those images are compared, with nothing reproduced
     assert result["images_without_our_candidates"] == 2
     for key in ("reproduced_by_our_kept", "reproduced_by_any_our_candidate"):
         assert 0.0 <= result[key]["iou>=0.8"] <= result[key]["iou>=0.5"] <= 1.0

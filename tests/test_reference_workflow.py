@@ -59,6 +59,42 @@ def test_missing_reference_file_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+def test_released_pseudo_gt_becomes_the_rows_pseudo_gt(tmp_path):
+    """Real run of split -> import_pseudo -> merge: the authors' per-image lists, filtered by the row's top-k (2)
+    and gt_iou < 0.5, as the ggn detector's pseudo_gt.json; no PA network is trained."""
+    import numpy as np
+
+    from ggn.masks import encode_mask
+
+    cfg = _config(tmp_path, {})
+    results = tmp_path / "results"
+    train = results / "tiny" / "data" / "train.json"
+    snakemake(str(train), "--cores", "1", "--configfile", str(cfg))
+    images = json.loads(train.read_text())["images"]
+    released = []
+    for im in images:  # four candidates per image, best first; the second covers an annotated object
+        masks = []
+        for k in range(4):
+            m = np.zeros((im["height"], im["width"]), bool)
+            m[4 * k:4 * k + 10, 4 * k:4 * k + 12] = True
+            masks.append(m)
+        released.append([{"segmentation": encode_mask(m), "image_id": im["id"], "category_id": 1, "rank": k,
+                          "gt_iou": 0.9 if k == 1 else 0.1, "score": 1.0 - k / 10} for k, m in enumerate(masks)])
+    path = tmp_path / "pseudo_voc.json"
+    path.write_text(json.dumps(released))
+    cfg = _config(tmp_path, {"pseudo_gt": str(path)})
+    pseudo = results / "tiny" / "pseudo_reference" / "pseudo_gt.json"
+    snakemake(str(pseudo), "--cores", "1", "--configfile", str(cfg))
+    anns = json.loads(pseudo.read_text())["annotations"]
+    per_image = {}
+    for a in anns:
+        per_image.setdefault(a["image_id"], []).append(a["gt_iou"])
+    assert set(per_image) == {im["id"] for im in images}
+    assert all(sorted(v) == pytest.approx([0.1, 0.1]) for v in per_image.values())  # top 2, the 0.9 one left out
+    assert not (results / "tiny" / "seed0" / "pa").exists()
+
+
+@pytest.mark.slow
 def test_evaluation_only_variant_runs_on_tiny_data(tmp_path):
     """A converted reference-layout detector, predicted and evaluated by the workflow (synth, split, predict,
     evaluate only)."""
