@@ -255,8 +255,12 @@ def _detector_target(state: dict[str, torch.Tensor], kind: str):
     from ggn.detector.model import build_detector, detector_config
 
     norm = "gn" if "backbone.gn1.weight" in state else "eval_bn"
+    # OLN-Box (oln_box.py; mcahny/object_localization_network's release) has no mask head: our OLN takes that
+    # structure with `mask_head: false` (boxes only). A Mask R-CNN must have one (a missing mask key is an error).
+    masks = kind != "oln" or any(k.startswith("roi_head.mask_head.") for k in state)
     # The reference's recipe (det:11-77, gn:14-77, oln_box.py): one square anchor, L1 losses, frozen stage 1.
-    config = detector_config(kind=kind, norm=norm, frozen_stages=1, anchor_ratios=[1.0], box_loss="l1")
+    config = detector_config(kind=kind, norm=norm, frozen_stages=1, anchor_ratios=[1.0], box_loss="l1",
+                             mask_head=masks)
     return build_detector(config), config
 
 

@@ -164,8 +164,9 @@ def make_row(experiment: str, baseline, ggn, pa=None, training: str = "", evalua
     authors_paths = _paths(authors, 1, "--authors")  # evaluated once: no seed changes a released network
     if authors_paths is not None:
         metrics = read_json(authors_paths[0], "metrics file")
-        for column, iou_type, name in METRICS:
-            row[f"authors_{column}"] = _metric(metrics, authors_paths[0], iou_type, name)
+        for column, iou_type, name in METRICS:  # a box-only detector (OLN-Box) has no segm metrics
+            row[f"authors_{column}"] = (_metric(metrics, authors_paths[0], iou_type, name)
+                                        if iou_type in metrics else None)
     if row.get("undefined"):
         log.warning("row %s: %s undefined (the evaluation set has no unseen object of that kind)", experiment,
                     ", ".join(row["undefined"]))
@@ -272,7 +273,7 @@ def render_markdown(rows: list[dict]) -> str:
     if with_control:  # baseline → control → GGN: what grouping the image adds, then what learning the affinity adds
         header[6:10] = [f"{h} (baseline → control → GGN)" for h in header[6:10]]
         header.insert(11, "gain (mask AR@100), GGN − control")
-    with_authors = any(r.get("authors_mask_AR@100") is not None for r in rows)
+    with_authors = any(r.get("authors_box_AR@100") is not None for r in rows)
     if with_authors:
         header.insert(len(header) - 1, "authors' model, our evaluation (box / mask AR@100)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -240,6 +240,28 @@ def test_oln_with_mask_head_converts_and_drops_unused_heads(tmp_path):
     assert torch.equal(model.roi_heads.box_predictor.iou_score.weight, state["roi_head.bbox_head.fc_bbox_score.weight"])
 
 
+def test_oln_box_converts_to_a_box_only_detector(tmp_path):
+    """The authors' OLN-Box (oln_box.py) has no mask head; our OLN takes that structure (`mask_head: false`) and
+    `ggn predict` writes boxes without segmentation."""
+    from ggn.detector.model import load_detector
+    from ggn.detector.predict import to_results
+
+    state = random_state(detector_keys("oln", "bn", mask=False), seed=12)
+    model, config = load_detector(convert(tmp_path, state, kind="oln"),
+                                  overrides={"min_size": 64, "max_size": 96, "box_detections_per_img": 10,
+                                             "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 50})
+    assert config["kind"] == "oln" and config["mask_head"] is False
+    assert model.roi_heads.mask_head is None
+    with torch.no_grad():
+        detections = model([torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(13))])
+    assert set(detections[0]) == {"boxes", "scores", "labels"}  # (random weights may leave no box at all)
+    boxes_only = {"boxes": torch.tensor([[1.0, 2.0, 30.0, 40.0], [5.0, 5.0, 9.0, 9.0]]),
+                  "scores": torch.tensor([0.9, 0.4]), "labels": torch.ones(2, dtype=torch.int64)}
+    results = to_results(7, boxes_only, 64, 80)
+    assert [r["bbox"] for r in results] == [[1.0, 2.0, 29.0, 38.0], [5.0, 5.0, 4.0, 4.0]]
+    assert all("segmentation" not in r for r in results)
+
+
 def test_refusals(tmp_path):
     from ggn.import_reference import convert as convert_state
 
@@ -268,9 +290,9 @@ def test_refusals(tmp_path):
     specific["roi_head.bbox_head.fc_cls.bias"] = torch.zeros(81)
     with pytest.raises(InputError, match="class-specific"):
         convert_state(specific)
-    # OLN-Box (no mask head): our OLN keeps a mask branch, so the mask tensors are reported missing
+    # a Mask R-CNN without its mask head (GGN's detectors segment): the mask tensors are reported missing
     with pytest.raises(InputError, match=r"does not provide: roi_heads\.mask_head\.0\.0\.weight"):
-        convert_state(random_state(detector_keys("oln", mask=False)))
+        convert_state(random_state(detector_keys("maskrcnn", mask=False)))
     # a PA predictor asked as a detector; something that is none of the three
     with pytest.raises(InputError, match="holds a PA predictor"):
         convert_state({"backbone.conv1.weight": torch.zeros(1), "classifier.conv_last.1.weight": torch.zeros(1)},

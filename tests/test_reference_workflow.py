@@ -38,8 +38,8 @@ def _config(tmp_path, reference):
 
 
 def test_dry_run_with_released_pseudo_gt_and_detector(tmp_path):
-    detector = tmp_path / "converted.pt"
-    detector.write_bytes(b"")  # the dry run checks that the file exists, never reads it
+    detector = tmp_path / "converted.pt"  # the dry run reads only its config (box-only or not)
+    torch.save({"model": {}, "config": {"kind": "maskrcnn", "backbone": "resnet50", "mask_head": True}}, detector)
     cfg = _config(tmp_path, {"pseudo_gt": str(_released_pseudo(tmp_path / "pseudo.json")),
                              "detector": str(detector)})
     out = snakemake("-n", "-p", "--forceall", "--configfile", str(cfg))
@@ -50,6 +50,11 @@ def test_dry_run_with_released_pseudo_gt_and_detector(tmp_path):
     assert counts["predict"] == 3 and counts["evaluate"] == 3  # baseline, ggn, authors
     assert f"--checkpoint {detector}" in out and "--authors" in out and " --pa " not in out
     assert "pseudo_reference/shards/0-of-1.parquet" in out
+    assert "--iou-types" not in out
+    # a box-only detector of the authors (OLN-Box) is evaluated on boxes alone
+    torch.save({"model": {}, "config": {"kind": "oln", "backbone": "resnet50", "mask_head": False}}, detector)
+    out = snakemake("-n", "-p", "--forceall", "--configfile", str(cfg))
+    assert out.count("--iou-types bbox") == 1
 
 
 def test_missing_reference_file_is_refused(tmp_path):
@@ -120,3 +125,8 @@ def test_table_prints_the_authors_model_beside_ours(tmp_path):
     md = render_markdown([row])
     assert "authors' model, our evaluation" in md and "28.7 / 28.7" in md
     assert "CC-BY-NC 4.0" in md
+    box_only = tmp_path / "box.json"
+    box_only.write_text(json.dumps({"bbox": {"AR@10": 0.3, "AR@100": 0.4}}))
+    row = make_row("x", metrics(0.2, "b.json"), metrics(0.28, "g.json"), authors=box_only)
+    assert row["authors_box_AR@100"] == pytest.approx(40.0) and row["authors_mask_AR@100"] is None
+    assert "40.0 / –" in render_markdown([row])

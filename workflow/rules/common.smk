@@ -298,6 +298,16 @@ def authors_detector(name):
     return config["experiments"][name].get("reference", {}).get("detector")
 
 
+def evaluate_flags(wildcards):
+    """`--iou-types bbox` for the authors' box-only detector (OLN-Box: `mask_head: false`), nothing otherwise."""
+    if wildcards.variant != AUTHORS:
+        return ""
+    from ggn.io import load_checkpoint
+
+    config = load_checkpoint(authors_detector(wildcards.exp), mmap=True).get("config", {})  # tensors never read
+    return "" if config.get("mask_head", True) else "--iou-types bbox"
+
+
 def uses_pa(name):
     """Whether a row has a PA network (and its `ggn eval-pa` metrics): not when its pseudo-GT is the authors'."""
     return not reference_pseudo(mining_source(name))
