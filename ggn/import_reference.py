@@ -15,6 +15,8 @@ Where the layouts differ, and how the converted network still computes what the 
   only the slot of the predicted class (1). The reference rows go to slot 1; slot 0 (never read) is zero.
 - Box-delta weights need no change: mmdet's target_stds (1,1,1,1) for the RPN and (0.1,0.1,0.2,0.2) for the box
   head (det:35-37, 56-60) are torchvision's BoxCoder weights (1,1,1,1) and (10,10,5,5), the inverse stds.
+- OLN-Box (oln_box.py) has no mask head; our OLN takes that structure with the detector option `mask_head: false`
+  (boxes only), set when the file has no mask tensors. A Mask R-CNN without them is refused (missing keys).
 - Tensors the reference computes but never uses at test time are dropped by name (recorded in the checkpoint):
   OLN's `rpn_cls` and `fc_cls` (loss weight 0; oln_box.py:49-50, 70-71; convfc_bbox_score_head.py get_bboxes).
 - RoIAlign: mmdet uses aligned=True, sampling_ratio=0 (det roi_layer); torchvision's MultiScaleRoIAlign uses
