@@ -442,7 +442,8 @@ def row_inputs(wildcards):
 
 
 def row_metric_flags(wildcards, input):
-    """--seeds, then --baseline/--control/--ggn metrics and --{variant}-quality files, one per seed."""
+    """--seeds, then --baseline/--control/--ggn metrics and --{variant}-quality files, one per seed; --authors (one
+    file, the evaluation-only variant) and --pa where the row has them."""
     names = [*exp_variants(wildcards), AUTHORS, "pa", *(f"{v}_quality" for v in PSEUDO_FOLDERS), "checkpoints"]
     flags = ["--seeds " + " ".join(map(str, seeds_of(wildcards.exp)))]
     for name in names:
@@ -521,10 +522,9 @@ def figure_targets(name):
     exp = config["experiments"][name]
     if exp["targets"] != "table" or not _pseudo_variants(name):
         return []
-    if not uses_pa(name):  # the authors' pseudo-GT: no PA network to draw, no candidates beyond their file
-        return [f"{RESULTS}/{name}/figures/ar_curves.png", f"{RESULTS}/{name}/figures/candidate_histograms.png"]
     targets = [f"{RESULTS}/{name}/figures/ar_curves.png", f"{RESULTS}/{name}/figures/candidate_histograms.png"]
-    if "ggn" in exp["variants"] and "pseudo_data" not in config["experiments"][mining_source(name)]:
+    # panels draw the PA network's potential: none with the authors' pseudo-GT
+    if "ggn" in exp["variants"] and uses_pa(name) and "pseudo_data" not in config["experiments"][mining_source(name)]:
         targets.append(f"{RESULTS}/{name}/figures/panels")
     return targets
 
