@@ -10,16 +10,18 @@ ours. Nothing is loaded partially: an unmapped, missing or misshapen tensor stop
 Where the layouts differ, and how the converted network still computes what the authors' did:
 - mmdet 2.x puts the background logit last (`fc_cls` rows [object, background]; bbox_head.py, BG id =
   num_classes); torchvision puts it first. The rows are swapped; the softmax is the same.
-- mmdet's class-agnostic GGN head has num_classes=1: `fc_reg` has 4 rows and the mask head's `conv_logits` one
-  channel; torchvision's predictors hold one slot per class including background (8 rows, 2 channels) and read
+- mmdet's class-agnostic GGN head has num_classes=1 (det:54, 75) and reg_class_agnostic=False (det:60): `fc_reg`
+  has 4 x 1 rows and the mask head's `conv_logits` one channel; torchvision's predictors hold one slot per class including background (8 rows, 2 channels) and read
   only the slot of the predicted class (1). The reference rows go to slot 1; slot 0 (never read) is zero.
 - Box-delta weights need no change: mmdet's target_stds (1,1,1,1) for the RPN and (0.1,0.1,0.2,0.2) for the box
-  head (det:35-37, 56-60) are torchvision's BoxCoder weights (1,1,1,1) and (10,10,5,5), the inverse stds.
+  head (det:33-37, 55-59; gn:34-37, 56-60) are torchvision's BoxCoder weights (1,1,1,1) and (10,10,5,5), the
+  inverse stds.
 - OLN-Box (oln_box.py) has no mask head; our OLN takes that structure with the detector option `mask_head: false`
   (boxes only), set when the file has no mask tensors. A Mask R-CNN without them is refused (missing keys).
 - Tensors the reference computes but never uses at test time are dropped by name (recorded in the checkpoint):
-  OLN's `rpn_cls` and `fc_cls` (loss weight 0; oln_box.py:49-50, 70-71; convfc_bbox_score_head.py get_bboxes).
-- RoIAlign: mmdet uses aligned=True, sampling_ratio=0 (det roi_layer); torchvision's MultiScaleRoIAlign uses
+  OLN's `rpn_cls` and `fc_cls` (loss weight 0: docs/parity.md's OLN table, oln:45, oln:53-78; `get_bboxes` of
+  convfc_bbox_score_head.py scores boxes by sqrt(rpn objectness x box IoU) and leaves cls_score unused).
+- RoIAlign: mmdet uses aligned=True, sampling_ratio=0 (det:45, 66; mmcv's RoIAlign default aligned=True); torchvision's MultiScaleRoIAlign uses
   aligned=False, sampling_ratio=2. The converted config says `roi_aligned: true, roi_sampling_ratio: 0`, the
   detector options issue 17 adds; a detector build without those options pools as torchvision does (RoI
   features half a pixel off the authors').
@@ -92,7 +94,11 @@ def read_mmcv_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
 
 # ----------------------------------------------------------------------------------------------------
 # Key mapping. Each rule: regex on the reference key -> our key (a format string over the match groups), and
-# optionally a transform of the tensor. Sources, Generic-Grouping at the commits docs/parity.md names:
+# optionally a transform of the tensor. Sources (Generic-Grouping; `det` = configs/mask_rcnn/class_agn_mask_rcnn_pa.py
+# and `gn` = class_agn_mask_rcnn_gn.py at deed147, `pa_pred` = mmdet/models/detectors/pa_predictor.py and `score`
+# = roi_heads/bbox_heads/convfc_bbox_score_head.py at 170fa63; the mmdet module files by class and method):
+#   Which modules: det:13-22 (ResNet-50, BN) / gn:14-23 (GN, norm_cfg gn:9), det:23-25 (FPN 256, 5 outputs),
+#     det:26-40 (RPNHead), det:49-63 (Shared2FCBBoxHead), det:70-77 (FCNMaskHead, 4 convs; GN: gn:72-80).
 #   ResNet: mmdet/models/backbones/resnet.py (Bottleneck conv1-3 with build_norm_layer postfix 1-3, so `bn1`..`bn3`
 #     for BN and `gn1`..`gn3` for GN; stem `conv1` + `bn1`/`gn1`; `downsample` = Sequential(conv, norm)); the
 #     same names as torchvision's ResNet apart from the GN prefix.
@@ -101,7 +107,7 @@ def read_mmcv_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
 #   RPN: mmdet/models/dense_heads/rpn_head.py `_init_layers` (`rpn_conv`, `rpn_cls`, `rpn_reg`);
 #     OLN: dense_heads/oln_rpn_head.py `_init_layers` (adds `rpn_obj`).
 #   Box head: roi_heads/bbox_heads/convfc_bbox_head.py Shared2FCBBoxHead (`shared_fcs.0/1`, `fc_cls`, `fc_reg`);
-#     OLN: bbox_heads/convfc_bbox_score_head.py (adds `fc_bbox_score`).
+#     OLN: ConvFCBBoxScoreHead (adds `fc_bbox_score`, score:51-54).
 #   Mask head: roi_heads/mask_heads/fcn_mask_head.py (`convs.i.conv` [+ `convs.i.gn`], `upsample` deconv,
 #     `conv_logits`).
 #   PA head: mmdet/models/detectors/pa_predictor.py PairwiseAffinityHeadUperNet (pa_pred:281-359):
