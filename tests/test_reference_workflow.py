@@ -57,6 +57,23 @@ def test_dry_run_with_released_pseudo_gt_and_detector(tmp_path):
     assert out.count("--iou-types bbox") == 1
 
 
+def test_rung_c_is_one_target(tmp_path):
+    """Their PA network (pa_checkpoint) + their pseudo-GT: one target extracts the first shard and compares."""
+    pa = tmp_path / "pa_voc.pt"
+    torch.save({"model": {}, "config": {"offsets": [[0, 1]], "backbone": "resnet50"}}, pa)
+    cfg = tiny_config(tmp_path / "results")
+    cfg["experiments"]["tiny"]["pa_checkpoint"] = str(pa)
+    cfg["experiments"]["tiny"]["reference"] = {"pseudo_gt": str(_released_pseudo(tmp_path / "pseudo.json"))}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    target = tmp_path / "results" / "tiny" / "pseudo" / "compare_reference.json"
+    out = snakemake(str(target), "-n", "-p", "--configfile", str(path))
+    counts = job_counts(out)
+    assert counts.get("extract") == 1 and counts.get("compare_reference") == 1
+    assert "train_pa" not in counts and "train_detector" not in counts
+    assert "--top-k 2 --gt-iou-max 0.5" in out and f"--checkpoint {pa}" in out
+
+
 def test_missing_reference_file_is_refused(tmp_path):
     cfg = _config(tmp_path, {"detector": str(tmp_path / "nowhere.pt")})
     out = snakemake("-n", "--configfile", str(cfg), check=False)

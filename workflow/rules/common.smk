@@ -317,6 +317,23 @@ def reference_pseudo_file(wildcards):
     return reference_pseudo(wildcards.exp)
 
 
+def compare_reference_inputs(wildcards):
+    """Ladder rung (c): the first extraction shard of the given PA network (the authors', converted) and their
+    released pseudo-GT, on the same image list."""
+    exp = experiment(wildcards)
+    if not exp.get("pa_checkpoint") or not reference_pseudo(wildcards.exp):
+        raise ValueError(f"experiment {wildcards.exp!r}: comparing with the authors' pseudo-GT needs pa_checkpoint "
+                         "(their PA network, converted) and reference.pseudo_gt (their file); docs/parity_ladder.md")
+    n = num_shards(wildcards.exp)
+    return {"shard": f"{RESULTS}/{wildcards.exp}/pseudo/shards/0-of-{n}.parquet",
+            "released": reference_pseudo(wildcards.exp), "images_list": pseudo_annotations(wildcards)}
+
+
+def compare_reference_flags(wildcards):
+    merge = experiment(wildcards)["merge"]
+    return to_flags({"top_k": merge["top_k"], "gt_iou_max": merge["gt_iou_max"]})
+
+
 def pa_checkpoint_file(name, seed):
     """The PA network extraction of `name` uses at a seed: the config's `pa_checkpoint` file (no PA training, the
     same for every seed), else seed{s}/pa/checkpoint.pt of this experiment or of the one it takes its PA from."""

@@ -77,6 +77,28 @@ rule import_pseudo:
         " --out {output.shard:q} > {log:q} 2>&1"
 
 
+rule compare_reference:
+    """Ladder rung (c): the share of the authors' kept pseudo-GT masks that our grouping of their PA network
+    reproduces, on the images of the first extraction shard (docs/parity_ladder.md)."""
+    input:
+        unpack(compare_reference_inputs),
+    output:
+        comparison=f"{RESULTS}/{{exp}}/pseudo/compare_reference.json",
+    params:
+        flags=compare_reference_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/pseudo/compare_reference.log",
+    threads: job_threads("merge")
+    resources:
+        mem_mb=job_resource("merge", "mem_mb"),
+        runtime=job_resource("merge", "runtime"),
+    shell:
+        "ggn compare-pseudo --ours {input.shard:q} --theirs {input.released:q} --annotations {input.images_list:q}"
+        " --out {output.comparison:q} {params.flags} > {log:q} 2>&1"
+
+
 rule merge:
     input:
         shards=shard_files,
