@@ -58,15 +58,22 @@ def detect(model, images: list[np.ndarray], device: torch.device) -> list[dict[s
 def to_results(image_id: int, det: dict[str, torch.Tensor], height: int, width: int) -> list[dict]:
     boxes = det["boxes"].float()
     scores = det["scores"].float().cpu().tolist()
-    rles: list[dict] = []
+    rles: list[dict | None] = []
     for start in range(0, len(boxes), PASTE_CHUNK):
+        if "masks" not in det:  # a detector without mask branch (`mask_head: false`): boxes only
+            rles.extend([None] * len(boxes[start:start + PASTE_CHUNK]))
+            continue
         probs = paste_masks_in_image(det["masks"][start:start + PASTE_CHUNK].float(),
                                      boxes[start:start + PASTE_CHUNK], (height, width))
         rles.extend(encode_masks((probs[:, 0] > MASK_THRESHOLD).cpu().numpy()))
     xywh = boxes.cpu().clone()
     xywh[:, 2:] -= xywh[:, :2]
-    return [{"image_id": int(image_id), "category_id": 1, "bbox": [round(float(v), 2) for v in b],
-             "segmentation": rle, "score": float(s)} for b, rle, s in zip(xywh.tolist(), rles, scores)]
+    results = [{"image_id": int(image_id), "category_id": 1, "bbox": [round(float(v), 2) for v in b],
+                "segmentation": rle, "score": float(s)} for b, rle, s in zip(xywh.tolist(), rles, scores)]
+    for r in results:
+        if r["segmentation"] is None:
+            del r["segmentation"]
+    return results
 
 
 def run(args: argparse.Namespace) -> int:
