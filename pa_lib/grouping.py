@@ -59,6 +59,7 @@ PAPER_SETTINGS = dict(
     max_border_fraction=None,  # addition: drop if the candidate covers more than this fraction of the image edge
     edge_in_ring=False,  # addition: the image edge is an open part of a candidate's contour (ring samples)
     internal_penalty=0.0,  # addition: score minus this x the highest merge altitude inside the candidate
+    join_thresh=1.0,  # regions merge while the lowest edge is below this ("join_thresh"); what never merges is no candidate
     nms=0.2,  # region NMS IoU; 0/None disables
     use_kernels=True,  # compiled kernels (True) or NumPy/higra twins (False): same statistics and NMS;
     # the higra watershed may break ties on plateaus differently, so superpixels can differ slightly
@@ -90,8 +91,32 @@ def _grid(shape: tuple[int, int]):
     return graph, src.astype(np.int64), dst.astype(np.int64)
 
 
-WATERSHED_LEVELS = 1024  # quantisation of the boundary map for the compiled bucket-queue watershed
 DENSE_EIGEN_MAX = 200  # region graphs up to this size use a dense eigensolver, larger ones shift-invert Lanczos
+
+
+def reference_markers(potential: np.ndarray, footprint: int = 20, marker_threshold: float = 0.0):
+    """int64 [H,W] marker labels 1..n (0 elsewhere) and n, as the reference picks them.
+
+    Generic-Grouping pa_lib/affinity2mask.py:163-190: skimage ``peak_local_max(potential,
+    footprint=ones((20, 20)))`` with its defaults (scikit-image 0.18-0.19: a maximum filter with
+    mode 'nearest', peaks strictly above the image minimum, a 1-pixel image border excluded, no
+    plateau thinning at min_distance 1, none on a constant image), labelled 4-connected
+    (``ndi.label``), and kept only where potential > ``marker_threshold`` x its maximum (edge_thresh).
+    """
+    size = max(int(footprint), 1)
+    peaks = potential == ndi.maximum_filter(potential, size=size, mode="nearest")
+    if peaks.all():
+        return np.zeros(potential.shape, np.int64), 0
+    peaks &= potential > potential.min()
+    peaks[:1] = peaks[-1:] = False
+    peaks[:, :1] = peaks[:, -1:] = False
+    markers, _ = ndi.label(peaks)
+    markers[potential <= marker_threshold * potential.max()] = 0
+    # Relabel 1..n: a label dropped by the threshold leaves no gap.
+    kept = np.unique(markers[markers > 0])
+    lookup = np.zeros(int(markers.max()) + 1, np.int64)
+    lookup[kept] = np.arange(1, len(kept) + 1)
+    return lookup[markers], len(kept)
 
 
 def oversegment(
@@ -99,21 +124,21 @@ def oversegment(
 ):
     """int64 [H,W] superpixel index 0..R-1 (seeded watershed from potential maxima) and R; (None, 0) without markers.
 
-    Markers are the maxima of the potential over a ``footprint`` window (as the reference). A
-    window maximum can sit in a neighbouring object, so a region thinner than the window gets no
-    marker and is flooded by its neighbour; every connected component of potential >
-    ``seed_threshold`` that holds no marker and covers at least a quarter of the window is
-    therefore added as a marker of its own.
+    Markers are the reference's (``reference_markers``) and the flooding is the reference's:
+    8-connected on the unquantised potential (``_kernels.flood_watershed``; without kernels higra's
+    seeded watershed on the 8-adjacency graph, the same basins up to ties). A window maximum can sit
+    in a neighbouring object, so a region thinner than the window gets no marker and is flooded by
+    its neighbour; with ``seed_threshold`` (an addition, off in the paper's settings) every connected
+    component of potential > ``seed_threshold`` that holds no marker and covers at least a quarter of
+    the window is added as a marker of its own.
     """
-    peaks = potential == ndi.maximum_filter(potential, size=max(int(footprint), 1), mode="nearest")
-    peaks &= potential > marker_threshold * potential.max()
-    markers, n = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    markers, n = reference_markers(potential, footprint, marker_threshold)
     if seed_threshold is not None:
         comps, n_comps = ndi.label(potential > seed_threshold)
         if n_comps:
             # Components under a quarter of a window are speckle, not objects: they stay unseeded.
             skip = np.bincount(comps.ravel(), minlength=n_comps + 1) < max(int(footprint), 1) ** 2 // 4
-            skip[comps[peaks]] = True
+            skip[comps[markers > 0]] = True
             skip[0] = True
             new_ids = np.cumsum(~skip) * ~skip
             extra = new_ids[comps]
@@ -122,15 +147,80 @@ def oversegment(
     if n == 0:
         return None, 0
     if use_kernels:
-        levels = np.round((1.0 - potential) * (WATERSHED_LEVELS - 1)).astype(np.uint16)
-        labels = _kernels.seeded_watershed(levels, markers.astype(np.int64), WATERSHED_LEVELS)
+        labels = _kernels.flood_watershed(-potential.astype(np.float64), markers)
         return labels - 1, n
-    graph, src, dst = _grid(potential.shape)
-    boundary = 1.0 - potential.ravel()
+    graph = _grid8(potential.shape)
+    src, dst = graph.edge_list()
+    boundary = 1.0 - potential.ravel().astype(np.float64)
     # Flooding from the maxima: a pixel pair is as high as its higher boundary value.
     edge_w = np.maximum(boundary[src], boundary[dst])
     labels = hg.labelisation_seeded_watershed(graph, edge_w, markers.ravel())
     return (np.asarray(labels, np.int64) - 1).reshape(potential.shape), n
+
+
+@lru_cache(maxsize=8)
+def _grid8(shape: tuple[int, int]):
+    return hg.get_8_adjacency_graph(shape)
+
+
+def merge_by_mean(n_regions: int, rag_u: np.ndarray, rag_v: np.ndarray, weight: np.ndarray, join_thresh: float = 1.0):
+    """Greedy region merging with the reference's rule; returns (parents, altitudes, merged) of a binary tree.
+
+    Generic-Grouping pa_lib/rag.py:566-595, 654-705 (skimage's merge_hierarchical with its own
+    ``avg_weight``): repeatedly merge the two regions joined by the lowest edge while it is below
+    ``join_thresh``; the merged region's edge to a neighbour is the plain mean (w1 + w2) / 2 of the
+    two old edges when both regions touched that neighbour, else the one edge (no length weighting).
+    Ties go to the lower (weight, node, neighbour) as the reference's heap items do. Every node is a
+    candidate. Regions still apart when no edge is below ``join_thresh`` are joined afterwards, in
+    node order, under nodes marked False in ``merged`` (not candidates) so the tree stays binary.
+    Node numbering is higra's: leaves 0..R-1, then each merge's node, the root last.
+    """
+    import heapq
+
+    adj: list[dict] = [dict() for _ in range(n_regions)]
+    for u, v, w in zip(rag_u.tolist(), rag_v.tolist(), np.asarray(weight, np.float64).tolist()):
+        adj[u][v] = w
+        adj[v][u] = w
+    heap = [(w, u, v) for u in range(n_regions) for v, w in adj[u].items() if u < v]
+    heapq.heapify(heap)
+    parents = list(range(2 * n_regions - 1))
+    altitudes = [0.0] * (2 * n_regions - 1)
+    alive = [True] * (2 * n_regions - 1)
+    nxt = n_regions
+    while heap and heap[0][0] < join_thresh:
+        w, a, b = heapq.heappop(heap)
+        if not (alive[a] and alive[b]) or adj[a].get(b) != w:
+            continue  # stale: one end merged since, or the edge was re-weighted
+        new = nxt
+        nxt += 1
+        adj.append({})
+        na, nb = adj[a], adj[b]
+        for c in set(na) | set(nb):
+            if c == a or c == b:
+                continue
+            w1, w2 = na.get(c), nb.get(c)
+            nw = w2 if w1 is None else w1 if w2 is None else (w1 + w2) / 2.0
+            adj[new][c] = nw
+            adj[c][new] = nw
+            adj[c].pop(a, None)
+            adj[c].pop(b, None)
+            heapq.heappush(heap, (nw, new, c) if new < c else (nw, c, new))
+        alive[a] = alive[b] = False
+        adj[a] = adj[b] = {}
+        parents[a] = parents[b] = new
+        altitudes[new] = w
+    merged = np.ones(2 * n_regions - 1, bool)
+    roots = [i for i in range(nxt) if alive[i]]
+    top = max(altitudes[:nxt]) if nxt > n_regions else 0.0
+    while len(roots) > 1:  # a forest: join what is left (never below join_thresh) outside the candidates
+        a, b = roots[0], roots[1]
+        new = nxt
+        nxt += 1
+        parents[a] = parents[b] = new
+        altitudes[new] = max(top, join_thresh)
+        merged[new] = False
+        roots = roots[2:] + [new]
+    return np.asarray(parents, np.int64), np.asarray(altitudes, np.float64), merged
 
 
 def _doubled_angle_at(image: np.ndarray, sigma: float, rows: np.ndarray, cols: np.ndarray, use_kernels: bool = True):
@@ -383,9 +473,8 @@ def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
         spectral = spectral_boundary(n_regions, rag_u, rag_v, cross_aff, mass, p["n_eigenvectors"])
         if spectral is not None:
             weight = (1.0 - gw) * weight + gw * spectral
-    rag = hg.UndirectedGraph(n_regions)
-    rag.add_edges(rag_u, rag_v)
-    tree, altitudes = hg.binary_partition_tree_average_linkage(rag, weight, length)
+    parents, altitudes, merged = merge_by_mean(n_regions, rag_u, rag_v, weight, p["join_thresh"])
+    tree = hg.Tree(parents)
 
     sides = edge_sides((h, w)).ravel()
     pflat = potential.ravel()
@@ -397,10 +486,12 @@ def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
     start, size = tree_stats.leaf_intervals(tree)
     diffs = tree_stats.ring_stats(labels, potential, tree, start[:n_regions], p["use_kernels"])
     inner_sum, inner_cnt, dil_sum, dil_cnt, bpix_sum, bpix_cnt = tree_stats.subtree_sums(tree, diffs)
-    return Hierarchy(
+    hier = Hierarchy(
         labels, n_regions, tree, altitudes, area, sum_p, border, border_sum,
         (inner_sum, inner_cnt), (dil_sum - bpix_sum, dil_cnt - bpix_cnt), start, size,
     )
+    hier.merged = merged
+    return hier
 
 
 def propose(affinity, top_k: int | None = 20, **params) -> tuple[np.ndarray, np.ndarray]:
@@ -427,7 +518,7 @@ def propose(affinity, top_k: int | None = 20, **params) -> tuple[np.ndarray, np.
     scores = hier.scores(p["ranking"], p["edge_in_ring"])
     if p["internal_penalty"]:
         scores = scores - p["internal_penalty"] * hier.internal_level()
-    valid = (hier.area >= p["min_size"]) & (hier.area <= p["max_size_fraction"] * h * w)
+    valid = (hier.area >= p["min_size"]) & (hier.area <= p["max_size_fraction"] * h * w) & hier.merged
     if p["border_thresh"]:
         # The contour is the ring's: with edge_in_ring it includes the image edge, so a candidate is
         # dropped only when the edge is over 90% of its contour; measured against the inner contour
