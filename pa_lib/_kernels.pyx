@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled kernels for pa_lib: per-node boundary-ring statistics and tree NMS (loops no library offers).
+"""Compiled kernels for pa_lib: per-node boundary-ring statistics, tree NMS and flooding (loops no library offers).
 
 Both rely on higra's node numbering: a parent always has a larger index than its children and the
 root is the last node (its own parent), so walking up from the smaller of two nodes finds their
@@ -127,74 +127,6 @@ def tree_nms(const cnp.int64_t[:] order, const double[:] area, const cnp.int64_t
                 kv[n_kept] = c
                 n_kept += 1
     return kept[:n_kept]
-
-
-def seeded_watershed(const cnp.uint16_t[:, :] level, const cnp.int64_t[:, :] markers, Py_ssize_t n_levels):
-    """Flooding watershed on a 4-connected grid from labelled markers (> 0) over quantised levels.
-
-    A bucket queue with one FIFO per level floods from the markers: each pixel takes the label of
-    the pixel that reached it first at the lowest level, ties on plateaus going to the nearest
-    marker. Returns int64 [H,W] labels (every pixel reachable from a marker gets one).
-    """
-    cdef Py_ssize_t h = level.shape[0], w = level.shape[1], n = h * w
-    out = np.empty((h, w), dtype=np.int64)
-    cdef cnp.int64_t[:, :] lab = out
-    cdef cnp.int64_t[:] nxt = np.full(n, -1, dtype=np.int64)
-    cdef cnp.int64_t[:] head = np.full(n_levels, -1, dtype=np.int64)
-    cdef cnp.int64_t[:] tail = np.full(n_levels, -1, dtype=np.int64)
-    cdef Py_ssize_t i, j, p, q, cur, lv, k, qi, qj
-    cdef cnp.int64_t lp
-    with nogil:
-        for i in range(h):
-            for j in range(w):
-                lab[i, j] = markers[i, j]
-        for i in range(h):
-            for j in range(w):
-                if lab[i, j] > 0:
-                    p = i * w + j
-                    lv = level[i, j]
-                    if tail[lv] == -1:
-                        head[lv] = p
-                    else:
-                        nxt[tail[lv]] = p
-                    tail[lv] = p
-        cur = 0
-        while cur < n_levels:
-            p = head[cur]
-            if p == -1:
-                cur += 1
-                continue
-            head[cur] = nxt[p]
-            if head[cur] == -1:
-                tail[cur] = -1
-            i = p // w
-            j = p - i * w
-            lp = lab[i, j]
-            for k in range(4):
-                qi = i
-                qj = j
-                if k == 0:
-                    qi = i - 1
-                elif k == 1:
-                    qi = i + 1
-                elif k == 2:
-                    qj = j - 1
-                else:
-                    qj = j + 1
-                if qi < 0 or qi >= h or qj < 0 or qj >= w or lab[qi, qj] != 0:
-                    continue
-                lab[qi, qj] = lp
-                q = qi * w + qj
-                lv = level[qi, qj]
-                if lv < cur:
-                    lv = cur
-                nxt[q] = -1
-                if tail[lv] == -1:
-                    head[lv] = q
-                else:
-                    nxt[tail[lv]] = q
-                tail[lv] = q
-    return out
 
 
 def structure_tensor_at(const float[:, :] smoothed, const cnp.int64_t[:] rows, const cnp.int64_t[:] cols,

@@ -1,16 +1,21 @@
 """Grouping: predicted affinity -> superpixels -> boundary hierarchy -> ranked, NMS-filtered candidate masks.
 
-Follows the GGN extraction (facebookresearch/Generic-Grouping, pa_lib/affinity2mask.py and
-evaluate_helper.py, config pa_extract.py): potential = min over affinity channels; watershed from
-local maxima (20 px footprint); boundaries re-weighted by orientation agreement and mixed 50/50
-with a spectral boundary from 16 eigenvectors; average-linkage (UCM-style) merging where every
-node is a candidate; border-hugging candidates dropped (edge overlap > 0.9 x contour); ranked by
-mean thick-ring potential minus mean interior potential; region NMS at IoU 0.2; top 20.
+Follows the GGN extraction (facebookresearch/Generic-Grouping, pa_lib/affinity2mask.py, rag.py and
+evaluate_helper.py, config pa_extract.py): potential = min over affinity channels; markers as skimage's
+peak_local_max (20 px footprint, image border excluded); 8-connected flooding of the unquantised
+potential from them; boundaries re-weighted by orientation agreement and mixed 50/50 with a spectral
+boundary from 16 eigenvectors; greedy merging of the lowest region edge below join_thresh, the merged
+edge the plain mean (w1 + w2) / 2 of the two, every node a candidate; border-hugging candidates
+dropped (edge overlap > 0.9 x contour); ranked by mean thick-ring potential minus mean interior
+potential; region NMS at IoU 0.2; top 20. bench/grouping_twin.py is the reference step for step
+(slow); docs/grouping.md measures how far this fast version agrees with it.
 
 Differences from the reference, for speed: the spectral problem is solved on the region adjacency
 graph of the superpixels (the Galerkin projection of the pixel problem onto piecewise-constant
 functions) instead of the pixel graph; orientations come from structure tensors evaluated at
-contour pixels; the ring is counted on the thick 4-connected boundary exactly, but accumulated
+contour pixels; region edges join 4-adjacent superpixels and average the boundary over 4-neighbour
+pixel pairs (the reference: 8-adjacency, each boundary pixel paired with the smallest and largest
+label around it); the ring is counted on the thick 4-connected boundary exactly, but accumulated
 along the tree instead of drawing every candidate mask. Four additions, off by default (the
 defaults are the paper's, ``PAPER_SETTINGS``) and on together in ``EXTENDED_SETTINGS``, because
 they raise recall on synthetic maps: components of high
@@ -22,7 +27,8 @@ contour inside it (``internal_penalty`` x the highest merge altitude in its subt
 level of its strongest internal boundary), so a union of an object with a neighbour across a
 strong contour no longer outranks, and NMS-suppresses, the object itself. Recall@0.5 of the top
 20 on 64 maps (500x375, 5-20 objects, seeds 0-15), orientation + globalization 0.5: 0.962
-without the last two, 0.987 with edge_in_ring, 0.989 with both (0.970 -> 0.988 on seeds 16-31).
+without the last two, 0.987 with edge_in_ring, 0.989 with both (0.970 -> 0.988 on seeds 16-31),
+measured with the earlier average-linkage merging and 4-connected flooding.
 """
 from __future__ import annotations
 
@@ -62,7 +68,8 @@ PAPER_SETTINGS = dict(
     join_thresh=1.0,  # regions merge while the lowest edge is below this ("join_thresh"); what never merges is no candidate
     nms=0.2,  # region NMS IoU; 0/None disables
     use_kernels=True,  # compiled kernels (True) or NumPy/higra twins (False): same statistics and NMS;
-    # the higra watershed may break ties on plateaus differently, so superpixels can differ slightly
+    # higra's seeded watershed (a minimum spanning forest) may cut plateaus and saddles differently from
+    # the flooding, so superpixels can differ slightly
 )
 
 # This project's four additions (module docstring), measured on synthetic maps; `grouping: extended`.
@@ -400,8 +407,11 @@ def nms_masks(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.2,
 class Hierarchy:
     """Superpixels, their merge tree and per-node candidate statistics for one potential map."""
 
-    def __init__(self, labels, n_regions, tree, altitudes, area, sum_p, border, border_sum, inner, outer, start, size):
+    def __init__(self, labels, n_regions, tree, altitudes, area, sum_p, border, border_sum, inner, outer, start, size,
+                 merged=None):
         self.labels, self.n_regions, self.tree, self.altitudes = labels, n_regions, tree, altitudes
+        # merged: False on nodes that only close a forest into one tree (never candidates).
+        self.merged = np.ones(tree.num_vertices(), bool) if merged is None else merged
         # border: image-edge sides of the node's pixels; border_sum: their potential with the same multiplicity.
         self.area, self.sum_p, self.border, self.border_sum = area, sum_p, border, border_sum
         self.inner_sum, self.inner_cnt = inner
@@ -417,7 +427,7 @@ class Hierarchy:
     def internal_level(self) -> np.ndarray:
         """float64 per node: the highest merge altitude in its subtree (0 for a leaf): its strongest inner contour.
 
-        A maximum, not the node's own altitude: average-linkage altitudes need not increase up the tree.
+        A maximum, not the node's own altitude: mean-merge altitudes need not increase up the tree.
         """
         nl = self.tree.num_leaves()
         return np.asarray(hg.accumulate_and_max_sequential(
@@ -435,7 +445,7 @@ class Hierarchy:
 
 
 def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
-    """Over-segment, weight region boundaries, merge by average linkage and accumulate node statistics."""
+    """Over-segment, weight region boundaries, merge (``merge_by_mean``) and accumulate node statistics."""
     p = {**DEFAULTS, **params}
     h, w = potential.shape
     labels, n_regions = oversegment(potential, p["footprint"], p["marker_threshold"], p["seed_threshold"], p["use_kernels"])
@@ -486,12 +496,10 @@ def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
     start, size = tree_stats.leaf_intervals(tree)
     diffs = tree_stats.ring_stats(labels, potential, tree, start[:n_regions], p["use_kernels"])
     inner_sum, inner_cnt, dil_sum, dil_cnt, bpix_sum, bpix_cnt = tree_stats.subtree_sums(tree, diffs)
-    hier = Hierarchy(
+    return Hierarchy(
         labels, n_regions, tree, altitudes, area, sum_p, border, border_sum,
-        (inner_sum, inner_cnt), (dil_sum - bpix_sum, dil_cnt - bpix_cnt), start, size,
+        (inner_sum, inner_cnt), (dil_sum - bpix_sum, dil_cnt - bpix_cnt), start, size, merged,
     )
-    hier.merged = merged
-    return hier
 
 
 def propose(affinity, top_k: int | None = 20, **params) -> tuple[np.ndarray, np.ndarray]:
