@@ -182,13 +182,58 @@ def structure_tensor_at(const float[:, :] smoothed, const cnp.int64_t[:] rows, c
     return c_out, s_out
 
 
-cdef inline bint _before(double va, cnp.int64_t aa, cnp.int64_t ia, double vb, cnp.int64_t ab, cnp.int64_t ib) noexcept nogil:
+cdef struct _Item:
+    double value
+    cnp.int64_t age
+    cnp.int64_t index
+
+
+cdef inline bint _before(const _Item* a, const _Item* b) noexcept nogil:
     """Heap order of flood_watershed: lower value first, then the earlier push (age), then the lower pixel index."""
-    if va != vb:
-        return va < vb
-    if aa != ab:
-        return aa < ab
-    return ia < ib
+    if a.value != b.value:
+        return a.value < b.value
+    if a.age != b.age:
+        return a.age < b.age
+    return a.index < b.index
+
+
+cdef inline void _push(_Item* heap, Py_ssize_t* size, double value, cnp.int64_t age, cnp.int64_t index) noexcept nogil:
+    cdef _Item item
+    item.value = value
+    item.age = age
+    item.index = index
+    cdef Py_ssize_t c = size[0], k
+    size[0] += 1
+    while c > 0:
+        k = (c - 1) // 2
+        if _before(&item, &heap[k]):
+            heap[c] = heap[k]
+            c = k
+        else:
+            break
+    heap[c] = item
+
+
+cdef inline cnp.int64_t _pop(_Item* heap, Py_ssize_t* size) noexcept nogil:
+    cdef cnp.int64_t top = heap[0].index
+    size[0] -= 1
+    cdef Py_ssize_t n = size[0], c = 0, k
+    if n == 0:
+        return top
+    cdef _Item last = heap[n]
+    while True:
+        k = 2 * c + 1
+        if k >= n:
+            break
+        if k + 1 < n and _before(&heap[k + 1], &heap[k]):
+            k += 1
+        if _before(&heap[k], &last):
+            heap[c] = heap[k]
+            c = k
+        else:
+            break
+    heap[c] = last
+    return top
 
 
 def flood_watershed(const double[:, :] value, const cnp.int64_t[:, :] markers):
@@ -205,13 +250,11 @@ def flood_watershed(const double[:, :] value, const cnp.int64_t[:, :] markers):
     cdef Py_ssize_t h = value.shape[0], w = value.shape[1], n = h * w
     out = np.zeros((h, w), dtype=np.int64)
     cdef cnp.int64_t[:, :] lab = out
-    cdef double[:] hv = np.empty(n + 1, dtype=np.float64)
-    cdef cnp.int64_t[:] ha = np.empty(n + 1, dtype=np.int64)
-    cdef cnp.int64_t[:] hi = np.empty(n + 1, dtype=np.int64)
-    cdef Py_ssize_t size = 0, i, j, k, k2, c, p, qi, qj, q
+    buffer = np.empty((n + 1) * sizeof(_Item), dtype=np.uint8)
+    cdef unsigned char[:] raw = buffer
+    cdef _Item* heap = <_Item*> &raw[0]
+    cdef Py_ssize_t size = 0, i, j, k, p, qi, qj
     cdef cnp.int64_t age = 0, lp
-    cdef double v, tv
-    cdef cnp.int64_t ta, ti
     cdef int di[8]
     cdef int dj[8]
     di[:] = [-1, -1, -1, 0, 0, 1, 1, 1]
@@ -221,38 +264,9 @@ def flood_watershed(const double[:, :] value, const cnp.int64_t[:, :] markers):
             for j in range(w):
                 lab[i, j] = markers[i, j]
                 if markers[i, j] > 0:
-                    # push (value, 0, index): sift up
-                    c = size
-                    size += 1
-                    v = value[i, j]
-                    p = i * w + j
-                    while c > 0:
-                        k = (c - 1) // 2
-                        if _before(v, 0, p, hv[k], ha[k], hi[k]):
-                            hv[c] = hv[k]; ha[c] = ha[k]; hi[c] = hi[k]
-                            c = k
-                        else:
-                            break
-                    hv[c] = v; ha[c] = 0; hi[c] = p
+                    _push(heap, &size, value[i, j], 0, i * w + j)
         while size > 0:
-            p = hi[0]
-            # pop the root: move the last item down from the top
-            size -= 1
-            tv = hv[size]; ta = ha[size]; ti = hi[size]
-            c = 0
-            while True:
-                k = 2 * c + 1
-                if k >= size:
-                    break
-                if k + 1 < size and _before(hv[k + 1], ha[k + 1], hi[k + 1], hv[k], ha[k], hi[k]):
-                    k += 1
-                if _before(hv[k], ha[k], hi[k], tv, ta, ti):
-                    hv[c] = hv[k]; ha[c] = ha[k]; hi[c] = hi[k]
-                    c = k
-                else:
-                    break
-            if size > 0:
-                hv[c] = tv; ha[c] = ta; hi[c] = ti
+            p = _pop(heap, &size)
             i = p // w
             j = p - i * w
             lp = lab[i, j]
@@ -263,16 +277,5 @@ def flood_watershed(const double[:, :] value, const cnp.int64_t[:, :] markers):
                     continue
                 lab[qi, qj] = lp
                 age += 1
-                q = qi * w + qj
-                v = value[qi, qj]
-                c = size
-                size += 1
-                while c > 0:
-                    k2 = (c - 1) // 2
-                    if _before(v, age, q, hv[k2], ha[k2], hi[k2]):
-                        hv[c] = hv[k2]; ha[c] = ha[k2]; hi[c] = hi[k2]
-                        c = k2
-                    else:
-                        break
-                hv[c] = v; ha[c] = age; hi[c] = q
+                _push(heap, &size, value[qi, qj], age, qi * w + qj)
     return out
