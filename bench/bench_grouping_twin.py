@@ -104,10 +104,10 @@ def pa_potentials(checkpoint: Path, images: list[np.ndarray], input_size: int | 
     return [pa_lib.potential_from_affinity(a) for a in affinities]
 
 
-def twin_masks(potential: np.ndarray, cache: Path | None):
+def twin_masks(potential: np.ndarray, cache: Path | None, retime: bool = False):
     key = hashlib.sha1(potential.astype(np.float32).tobytes() + str(potential.shape).encode()).hexdigest()[:16]
     path = cache / f"{key}.npz" if cache else None
-    if path and path.is_file():
+    if path and path.is_file() and not retime:
         with np.load(path) as z:
             return z["masks"], float(z["seconds"])
     t = time.perf_counter()
@@ -133,11 +133,11 @@ def matched_fraction(reference: np.ndarray, ours: np.ndarray) -> tuple[int, int]
     return int((best_ious(ours, reference) >= MATCH_IOU).sum()), len(reference)
 
 
-def measure(name: str, maps, cache: Path | None):
+def measure(name: str, maps, cache: Path | None, retime: bool = False):
     rows = {k: [0, 0] for k in ("twin3", "twin20", "ours3", "ours20", "rec_twin", "rec_ours")}
     t_twin, t_ours = [], []
     for tag, potential, gt in maps:
-        masks_t, sec_t = twin_masks(potential, cache)
+        masks_t, sec_t = twin_masks(potential, cache, retime)
         masks_t = _unpack(masks_t, potential.shape)
         runs = []
         for _ in range(2):
@@ -175,11 +175,13 @@ def main():
     parser.add_argument("--maps", type=int, default=12, help="maps per synthetic set (noisy, demo)")
     parser.add_argument("--cache", type=Path, default=None, help="folder for the twin's masks (re-used when present)")
     parser.add_argument("--sets", nargs="+", default=["noisy", "demo", "photos-pa", "photos-gradient"])
+    parser.add_argument("--retime", action="store_true",
+                        help="run the twin again even when cached, so both are timed under the same machine load")
     args = parser.parse_args()
     summary = []
     if "noisy" in args.sets:
         print("noisy: pa_lib.synthetic, 500x375, pixel grain 0.15", flush=True)
-        summary.append(measure("noisy", noisy_maps(args.maps), args.cache))
+        summary.append(measure("noisy", noisy_maps(args.maps), args.cache, args.retime))
     have_pa = args.checkpoint.is_file()
     if not have_pa:
         print(f"no PA checkpoint at {args.checkpoint}: demo and photos-pa skipped (run `make demo` or pass --checkpoint)")
@@ -193,18 +195,18 @@ def main():
             gt = np.stack([o[:: round(step), :: round(step)][: pot.shape[0], : pot.shape[1]] for o in objects]) \
                 if objects else None
             maps.append((tag, pot, gt))
-        summary.append(measure("demo", maps, args.cache))
+        summary.append(measure("demo", maps, args.cache, args.retime))
     photos = photo_images() if {"photos-pa", "photos-gradient"} & set(args.sets) else []
     if "photos-pa" in args.sets and have_pa:
         print("photos-pa: matplotlib's sample photographs, long side 320, through the demo PA network", flush=True)
         pots = pa_potentials(args.checkpoint, [img for _, img in photos], 0)
-        summary.append(measure("photos-pa", [(t, p, None) for (t, _), p in zip(photos, pots)], args.cache))
+        summary.append(measure("photos-pa", [(t, p, None) for (t, _), p in zip(photos, pots)], args.cache, args.retime))
     if "photos-gradient" in args.sets:
         from ggn.control import gradient_affinity
 
         print("photos-gradient: the same photographs, image-gradient affinity (ggn.control)", flush=True)
         maps = [(t, pa_lib.potential_from_affinity(gradient_affinity(img, 0)), None) for t, img in photos]
-        summary.append(measure("photos-gradient", maps, args.cache))
+        summary.append(measure("photos-gradient", maps, args.cache, args.retime))
     print(f"\nagreement at IoU >= {MATCH_IOU}: twin-k = share of the twin's top k that ours (top k) matches; "
           "ours-k = share of ours that the twin's matches. recall@0.5 of the top 20. seconds per map, one core.")
     print(f"{'set':16s} {'maps':>4s} {'twin-3':>13s} {'twin-20':>15s} {'ours-3':>13s} {'ours-20':>15s} "

@@ -93,7 +93,7 @@ def kernel_table(potential, name):
     rows_px, cols_px = np.divmod(on_contour, potential.shape[1])
     rows = [
         (
-            "seeded watershed (kernel vs higra)",
+            "8-connected flooding (kernel vs higra seeded watershed)",
             best_of(lambda: oversegment(potential, use_kernels=True)),
             best_of(lambda: oversegment(potential, use_kernels=False)),
         ),

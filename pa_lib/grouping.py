@@ -170,6 +170,24 @@ def _grid8(shape: tuple[int, int]):
     return hg.get_8_adjacency_graph(shape)
 
 
+def reference_region_graph(labels: np.ndarray, boundary: np.ndarray, n_regions: int):
+    """(u, v, mean boundary) per region pair, as Generic-Grouping pa_lib/rag.py ``rag_boundary`` (connectivity 2).
+
+    Every pixel whose 3x3 neighbourhood holds a smaller label adds its boundary value to the pair (smallest
+    label, its own), and one that sees a larger label to (its own, largest); both sides of a contour
+    therefore count, and a pixel between three regions joins only the extreme pairs, as there.
+    """
+    eroded = ndi.grey_erosion(labels, size=(3, 3))
+    dilated = ndi.grey_dilation(labels, size=(3, 3))
+    below, above = eroded != labels, dilated != labels
+    small = np.concatenate([eroded[below], labels[above]])
+    large = np.concatenate([labels[below], dilated[above]])
+    values = np.concatenate([boundary[below], boundary[above]])
+    pair_ids, which = np.unique(small * n_regions + large, return_inverse=True)
+    mean = np.bincount(which, values) / np.bincount(which)
+    return pair_ids // n_regions, pair_ids % n_regions, mean
+
+
 def merge_by_mean(n_regions: int, rag_u: np.ndarray, rag_v: np.ndarray, weight: np.ndarray, join_thresh: float = 1.0):
     """Greedy region merging with the reference's rule; returns (parents, altitudes, merged) of a binary tree.
 
@@ -272,9 +290,11 @@ def orientation_agreement(
 
 
 def spectral_boundary(
-    n_regions: int, rag_u, rag_v, cross_affinity, mass, n_eigenvectors: int = 16
+    n_regions: int, rag_u, rag_v, cross_affinity, mass, n_eigenvectors: int = 16, edges=None
 ) -> np.ndarray | None:
     """Per region-graph edge spectral boundary in [0,1] (None if the graph is too small).
+
+    ``edges``: (u, v) region pairs to evaluate it on instead of the graph's own (normalised over those).
 
     Solves L v = lambda D v for the smallest eigenpairs, with L the Laplacian of summed pixel
     affinities across region boundaries and D the summed pixel degrees of each region; each
@@ -308,7 +328,8 @@ def spectral_boundary(
     vals = np.maximum(vals[1:], 1e-10)
     lo, hi = vecs.min(0), vecs.max(0)
     vecs = (vecs - lo) / np.where(hi > lo, hi - lo, 1.0) / np.sqrt(vals)
-    edge = np.power(np.abs(vecs[rag_u] - vecs[rag_v]).sum(1), 1.0 / np.sqrt(2.0))
+    eu, ev = (rag_u, rag_v) if edges is None else edges
+    edge = np.power(np.abs(vecs[eu] - vecs[ev]).sum(1), 1.0 / np.sqrt(2.0))
     top = edge.max()
     return edge / top if top > 0 else edge
 
@@ -459,31 +480,39 @@ def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
     a, b = np.minimum(ls[cross], ld[cross]), np.maximum(ls[cross], ld[cross])
     pair_ids, edge_of_cross = np.unique(a * n_regions + b, return_inverse=True)
     rag_u, rag_v = pair_ids // n_regions, pair_ids % n_regions
-    length = np.bincount(edge_of_cross).astype(np.float64)
 
     boundary = 1.0 - potential
-    bflat = boundary.ravel()
-    local = 0.5 * (bflat[es] + bflat[ed])
+    bflat = boundary.ravel().astype(np.float64)
     if p["orientation"]:
-        contour = np.zeros(h * w, np.float32)
-        contour[es] = 1.0
-        contour[ed] = 1.0
+        # The reference's local boundary map: 1 - potential re-weighted by orientation agreement on the thick
+        # (4-connected) superpixel contours, 0 elsewhere (a2m potential2masks_ucm_hierarchy).
+        on_contour = np.zeros(h * w, bool)
+        on_contour[es] = True
+        on_contour[ed] = True
+        pixels = np.flatnonzero(on_contour)
         agree = orientation_agreement(
-            boundary, contour.reshape(h, w), p["orientation_sigma"], np.concatenate([es, ed]), p["use_kernels"]
+            boundary, on_contour.reshape(h, w).astype(np.float32), p["orientation_sigma"], pixels, p["use_kernels"]
         )
-        local = local * 0.5 * (agree[: len(es)] + agree[len(es):])
-    weight = np.bincount(edge_of_cross, local) / length
+        local_px = np.zeros(h * w)
+        local_px[pixels] = agree * bflat[pixels]
+    else:
+        local_px = bflat
+    # Region edges as the reference's rag_boundary: each pixel pairs its label with the smallest and the
+    # largest label of its 8-neighbourhood; an edge's weight is the mean local boundary over its pixels.
+    ref_u, ref_v, weight = reference_region_graph(labels, local_px.reshape(h, w), n_regions)
     area_leaf = np.bincount(flat, minlength=n_regions).astype(np.float64)
     gw = float(p["globalization"] or 0.0)
     if gw > 0:
-        cross_aff = np.bincount(edge_of_cross, np.exp(-local / p["affinity_gamma"]))
+        # Pixel affinity across a contour: exp(-max boundary / gamma), the reference's min of the two exp.
+        cross_aff = np.bincount(
+            edge_of_cross, np.exp(-np.maximum(local_px[es], local_px[ed]) / p["affinity_gamma"]), len(rag_u))
         internal = np.bincount(ls[~cross], minlength=n_regions)
         aff_sum = np.bincount(rag_u, cross_aff, n_regions) + np.bincount(rag_v, cross_aff, n_regions)
         mass = area_leaf + 2.0 * internal + aff_sum
-        spectral = spectral_boundary(n_regions, rag_u, rag_v, cross_aff, mass, p["n_eigenvectors"])
+        spectral = spectral_boundary(n_regions, rag_u, rag_v, cross_aff, mass, p["n_eigenvectors"], (ref_u, ref_v))
         if spectral is not None:
             weight = (1.0 - gw) * weight + gw * spectral
-    parents, altitudes, merged = merge_by_mean(n_regions, rag_u, rag_v, weight, p["join_thresh"])
+    parents, altitudes, merged = merge_by_mean(n_regions, ref_u, ref_v, weight, p["join_thresh"])
     tree = hg.Tree(parents)
 
     sides = edge_sides((h, w)).ravel()

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 import pa_lib
 from pa_lib import _kernels
-from pa_lib.grouping import merge_by_mean, reference_markers
+from pa_lib.grouping import merge_by_mean, reference_markers, reference_region_graph
 from pa_lib.synthetic import potential_from_labels, random_label_map, recall
 
 _spec = importlib.util.spec_from_file_location("grouping_twin", Path(__file__).parents[1] / "bench" / "grouping_twin.py")
@@ -110,3 +110,16 @@ def test_twin_peaks_and_boundaries_equal_scikit_image_when_installed():
     labels = np.random.default_rng(6).integers(0, 4, (30, 40))
     assert np.array_equal(find_boundaries(labels), twin.find_boundaries(labels))
     assert np.array_equal(find_boundaries(labels > 1, mode="inner"), twin.find_boundaries(labels > 1, "inner"))
+
+
+def test_region_graph_is_the_references():
+    potential = _smooth_noise((80, 100), 8, sigma=1.5)
+    labels = twin.watershed_019(-potential, _twin_markers(potential))
+    edge_map = np.random.default_rng(9).random(labels.shape)
+    ref = {(a, b): d["weight"] for a, b, d in twin.rag_boundary(labels, edge_map).edges()}
+    ref = {(min(k), max(k)): v for k, v in ref.items()}
+    # Ours numbers regions from 0; the reference keeps the marker labels (from 1).
+    u, v, mean = reference_region_graph(labels - 1, edge_map, int(labels.max()))
+    ours = {(a + 1, b + 1): m for a, b, m in zip(u.tolist(), v.tolist(), mean.tolist())}
+    assert ours.keys() == ref.keys() and len(ours) > 20
+    assert np.allclose([ours[k] for k in ref], list(ref.values()))
