@@ -183,78 +183,82 @@ def structure_tensor_at(const float[:, :] smoothed, const cnp.int64_t[:] rows, c
 
 
 cdef struct _Item:
-    double value
-    cnp.int64_t age
+    cnp.uint64_t key  # order-preserving bits of the value (high 32) and the push age (low 32)
     cnp.int64_t index
 
 
-cdef inline bint _before(const _Item* a, const _Item* b) noexcept nogil:
-    """Heap order of flood_watershed: lower value first, then the earlier push (age), then the lower pixel index."""
-    if a.value != b.value:
-        return a.value < b.value
-    if a.age != b.age:
-        return a.age < b.age
-    return a.index < b.index
-
-
-cdef inline void _push(_Item* heap, Py_ssize_t* size, double value, cnp.int64_t age, cnp.int64_t index) noexcept nogil:
-    cdef _Item item
-    item.value = value
-    item.age = age
-    item.index = index
+cdef inline void _push(_Item* heap, Py_ssize_t* size, cnp.uint64_t key, cnp.int64_t index) noexcept nogil:
     cdef Py_ssize_t c = size[0], k
     size[0] += 1
     while c > 0:
-        k = (c - 1) // 2
-        if _before(&item, &heap[k]):
+        k = (c - 1) >> 2
+        if key < heap[k].key:
             heap[c] = heap[k]
             c = k
         else:
             break
-    heap[c] = item
+    heap[c].key = key
+    heap[c].index = index
 
 
 cdef inline cnp.int64_t _pop(_Item* heap, Py_ssize_t* size) noexcept nogil:
+    """Remove the smallest item of the 4-ary heap and return its pixel index."""
     cdef cnp.int64_t top = heap[0].index
     size[0] -= 1
-    cdef Py_ssize_t n = size[0], c = 0, k
+    cdef Py_ssize_t n = size[0], c = 0, k, m, e
     if n == 0:
         return top
     cdef _Item last = heap[n]
     while True:
-        k = 2 * c + 1
+        k = 4 * c + 1
         if k >= n:
             break
-        if k + 1 < n and _before(&heap[k + 1], &heap[k]):
+        m = k
+        e = k + 4
+        if e > n:
+            e = n
+        k += 1
+        while k < e:
+            if heap[k].key < heap[m].key:
+                m = k
             k += 1
-        if _before(&heap[k], &last):
-            heap[c] = heap[k]
-            c = k
+        if heap[m].key < last.key:
+            heap[c] = heap[m]
+            c = m
         else:
             break
     heap[c] = last
     return top
 
 
-def flood_watershed(const double[:, :] value, const cnp.int64_t[:, :] markers):
+def flood_watershed(const float[:, :] value, const cnp.int64_t[:, :] markers):
     """Marker-controlled flooding on the 8-connected grid over unquantised values (as skimage's watershed).
 
-    A binary heap ordered by (value, age, pixel index) holds the marker pixels (age 0, their own value);
-    each popped pixel labels every unlabelled 8-neighbour with its label at once and pushes it with
-    the neighbour's own value and the next age, so plateaus fill in the order they were reached. This
-    is the flooding of scikit-image's `watershed(image, markers, connectivity=2)` up to 0.19, the
-    version Generic-Grouping ran (heap of (value, age), labels set when pushed); ties between marker
-    pixels of exactly equal value are broken here by pixel index. Returns int64 [H,W] labels (0 only
-    where no marker reaches).
+    Pixels leave a heap in the order of (value, age): the marker pixels first, at ages 0..M-1 in raster
+    order (so equal-valued markers go by pixel index), then every other pixel, labelled when first
+    reached and pushed with its own value and the next age, so plateaus fill in the order they were
+    reached. This is the flooding of scikit-image's `watershed(image, markers, connectivity=2)` up to
+    0.19, the version Generic-Grouping ran (heap of (value, age), labels set when pushed; skimage gives
+    all markers age 0 and leaves their exact ties to its heap). float32 values are compared exactly,
+    through their order-preserving bit patterns. Returns int64 [H,W] labels (0 only where no marker
+    reaches).
     """
     cdef Py_ssize_t h = value.shape[0], w = value.shape[1], n = h * w
     out = np.zeros((h, w), dtype=np.int64)
+    if n == 0:
+        return out
+    bits = np.ascontiguousarray(value, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    # IEEE order: negative floats reverse, positive ones follow; -0.0 and 0.0 become equal keys.
+    bits = np.where(bits >> 31, (~bits) & 0xFFFFFFFF, bits | 0x80000000)
+    bits[bits == 0x7FFFFFFF] = 0x80000000
+    cdef cnp.uint64_t[:, :] vkey = bits.reshape(h, w)
     cdef cnp.int64_t[:, :] lab = out
     buffer = np.empty((n + 1) * sizeof(_Item), dtype=np.uint8)
     cdef unsigned char[:] raw = buffer
     cdef _Item* heap = <_Item*> &raw[0]
     cdef Py_ssize_t size = 0, i, j, k, p, qi, qj
-    cdef cnp.int64_t age = 0, lp
+    cdef cnp.uint64_t age = 0
+    cdef cnp.int64_t lp
     cdef int di[8]
     cdef int dj[8]
     di[:] = [-1, -1, -1, 0, 0, 1, 1, 1]
@@ -264,7 +268,8 @@ def flood_watershed(const double[:, :] value, const cnp.int64_t[:, :] markers):
             for j in range(w):
                 lab[i, j] = markers[i, j]
                 if markers[i, j] > 0:
-                    _push(heap, &size, value[i, j], 0, i * w + j)
+                    _push(heap, &size, (vkey[i, j] << 32) | age, i * w + j)
+                    age += 1
         while size > 0:
             p = _pop(heap, &size)
             i = p // w
@@ -276,6 +281,6 @@ def flood_watershed(const double[:, :] value, const cnp.int64_t[:, :] markers):
                 if qi < 0 or qi >= h or qj < 0 or qj >= w or lab[qi, qj] != 0:
                     continue
                 lab[qi, qj] = lp
+                _push(heap, &size, (vkey[qi, qj] << 32) | age, qi * w + qj)
                 age += 1
-                _push(heap, &size, value[qi, qj], age, qi * w + qj)
     return out

@@ -154,7 +154,7 @@ def oversegment(
     if n == 0:
         return None, 0
     if use_kernels:
-        labels = _kernels.flood_watershed(-potential.astype(np.float64), markers)
+        labels = _kernels.flood_watershed(np.negative(potential, dtype=np.float32), markers)
         return labels - 1, n
     graph = _grid8(potential.shape)
     src, dst = graph.edge_list()

@@ -51,7 +51,7 @@ def test_flooding_kernel_equals_the_references_watershed(seed):
     labels = random_label_map(80, 110, 6, seed=seed)
     potential = potential_from_labels(labels, blur=1.0, noise=0.1, seed=seed)
     markers = _twin_markers(potential).astype(np.int64)
-    ours = _kernels.flood_watershed(-potential.astype(np.float64), markers)
+    ours = _kernels.flood_watershed(-potential, markers)
     assert np.array_equal(ours, twin.watershed_019(-potential, markers))
 
 

@@ -314,7 +314,7 @@ def test_watershed_kernel_keeps_markers_and_splits_at_the_ridge():
     markers = np.zeros((5, 9), np.int64)
     markers[2, 1] = 1
     markers[2, 7] = 2
-    labels = _kernels.flood_watershed(value, markers)
+    labels = _kernels.flood_watershed(value.astype(np.float32), markers)
     assert (labels[:, :4] == 1).all() and (labels[:, 5:] == 2).all()
     assert set(np.unique(labels[:, 4])) <= {1, 2}
 
@@ -327,12 +327,12 @@ def test_watershed_kernel_floods_8_connected_and_unquantised():
     markers = np.zeros((6, 6), np.int64)
     markers[0, 0] = 1
     markers[0, 5] = 2
-    labels = _kernels.flood_watershed(value, markers)
+    labels = _kernels.flood_watershed(value.astype(np.float32), markers)
     assert (labels[3:, 3:] == 1).all()
     # Values 1e-6 apart still order the flooding (no quantisation): the ridge pixel goes to the side whose
     # pass is lower, although the other side reached its pass first (earlier push).
     value = np.array([[0.0, 0.5 + 1e-6, 0.9, 0.5, 0.0]])
-    labels = _kernels.flood_watershed(value, np.array([[1, 0, 0, 0, 2]], np.int64))
+    labels = _kernels.flood_watershed(value.astype(np.float32), np.array([[1, 0, 0, 0, 2]], np.int64))
     assert labels.tolist() == [[1, 1, 2, 2, 2]]
 
 
