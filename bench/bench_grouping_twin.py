@@ -1,4 +1,4 @@
-"""How close `grouping: paper` (pa_lib.propose) comes to the reference's grouping (bench/grouping_twin.py), and how much faster.
+"""How close `grouping: paper` comes to the reference's grouping (bench/grouping_twin.py), and how much faster.
 
 Run: .venv/bin/python bench/bench_grouping_twin.py [--checkpoint results/synthetic/seed0/pa/checkpoint.pt]
      [--cache /tmp/twin_cache] [--maps 12]
@@ -92,7 +92,8 @@ def photo_images(long_side: int = 320):
         for tag, crop in crops:
             scale = long_side / max(crop.shape[:2])
             size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-            out.append((f"photo/{Path(name).stem}/{tag}", np.asarray(Image.fromarray(crop).resize(size, Image.BILINEAR))))
+            resized = np.asarray(Image.fromarray(crop).resize(size, Image.BILINEAR))
+            out.append((f"photo/{Path(name).stem}/{tag}", resized))
     return out
 
 
@@ -184,7 +185,8 @@ def main():
         summary.append(measure("noisy", noisy_maps(args.maps), args.cache, args.retime))
     have_pa = args.checkpoint.is_file()
     if not have_pa:
-        print(f"no PA checkpoint at {args.checkpoint}: demo and photos-pa skipped (run `make demo` or pass --checkpoint)")
+        print(f"no PA checkpoint at {args.checkpoint}: demo and photos-pa skipped "
+              "(run `make demo` or pass --checkpoint)")
     if "demo" in args.sets and have_pa:
         print(f"demo: ggn.synth val images at the demo's settings, PA {args.checkpoint}", flush=True)
         demo = demo_images(args.maps)

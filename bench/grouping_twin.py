@@ -1,4 +1,4 @@
-"""The reference's grouping, step for step: a slow twin of Generic-Grouping's extraction for the bench, never the workflow.
+"""The reference's grouping step for step: a slow twin of Generic-Grouping's extraction, for the bench only.
 
 Written for this project from the semantics of facebookresearch/Generic-Grouping (read at 8677ee0):
 ``pa_lib/evaluate_helper.py`` ``generate_pa_proposals`` (line numbers below as read there) with the
@@ -88,7 +88,7 @@ def watershed_019(image: np.ndarray, markers: np.ndarray) -> np.ndarray:
 
 
 def find_boundaries(labels: np.ndarray, mode: str = "thick") -> np.ndarray:
-    """skimage ``find_boundaries(labels, connectivity=1, mode)`` for 'thick' and 'inner' (the image edge is no boundary)."""
+    """skimage ``find_boundaries(labels, connectivity=1, mode)``, 'thick' or 'inner' (the image edge is no boundary)."""
     lab = labels.astype(np.uint8) if labels.dtype == bool else labels
     cross = ndi.generate_binary_structure(2, 1)
     boundaries = ndi.grey_dilation(lab, footprint=cross) != ndi.grey_erosion(lab, footprint=cross)

@@ -65,7 +65,7 @@ PAPER_SETTINGS = dict(
     max_border_fraction=None,  # addition: drop if the candidate covers more than this fraction of the image edge
     edge_in_ring=False,  # addition: the image edge is an open part of a candidate's contour (ring samples)
     internal_penalty=0.0,  # addition: score minus this x the highest merge altitude inside the candidate
-    join_thresh=1.0,  # regions merge while the lowest edge is below this ("join_thresh"); what never merges is no candidate
+    join_thresh=1.0,  # merge while the lowest region edge is below this ("join_thresh"); the unmerged are no candidates
     nms=0.2,  # region NMS IoU; 0/None disables
     use_kernels=True,  # compiled kernels (True) or NumPy/higra twins (False): same statistics and NMS;
     # higra's seeded watershed (a minimum spanning forest) may cut plateaus and saddles differently from

@@ -13,7 +13,8 @@ from pa_lib import _kernels
 from pa_lib.grouping import merge_by_mean, reference_markers, reference_region_graph
 from pa_lib.synthetic import potential_from_labels, random_label_map, recall
 
-_spec = importlib.util.spec_from_file_location("grouping_twin", Path(__file__).parents[1] / "bench" / "grouping_twin.py")
+_TWIN = Path(__file__).parents[1] / "bench" / "grouping_twin.py"
+_spec = importlib.util.spec_from_file_location("grouping_twin", _TWIN)
 twin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(twin)
 
