@@ -129,59 +129,6 @@ def tree_nms(const cnp.int64_t[:] order, const double[:] area, const cnp.int64_t
     return kept[:n_kept]
 
 
-def structure_tensor_at(const float[:, :] smoothed, const cnp.int64_t[:] rows, const cnp.int64_t[:] cols,
-                        Py_ssize_t radius):
-    """Doubled-angle unit vectors (cos 2t, sin 2t) of the structure tensor at the given pixels.
-
-    Gradients are central differences of ``smoothed`` (zero on the image edge); the tensor sums
-    their products over the (2 radius + 1)^2 box around each queried pixel, clipped to the image.
-    Returns float64 arrays c, s of len(rows).
-    """
-    cdef Py_ssize_t h = smoothed.shape[0], w = smoothed.shape[1], m = rows.shape[0]
-    c_out = np.empty(m, dtype=np.float64)
-    s_out = np.empty(m, dtype=np.float64)
-    cdef double[:] co = c_out
-    cdef double[:] so = s_out
-    cdef Py_ssize_t k, i, j, i0, i1, j0, j1
-    cdef double gx, gy, jxx, jyy, jxy, c, s, norm
-    with nogil:
-        for k in range(m):
-            i0 = rows[k] - radius
-            if i0 < 0:
-                i0 = 0
-            i1 = rows[k] + radius + 1
-            if i1 > h:
-                i1 = h
-            j0 = cols[k] - radius
-            if j0 < 0:
-                j0 = 0
-            j1 = cols[k] + radius + 1
-            if j1 > w:
-                j1 = w
-            jxx = 0.0
-            jyy = 0.0
-            jxy = 0.0
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    if i > 0 and i + 1 < h:
-                        gy = smoothed[i + 1, j] - smoothed[i - 1, j]
-                    else:
-                        gy = 0.0
-                    if j > 0 and j + 1 < w:
-                        gx = smoothed[i, j + 1] - smoothed[i, j - 1]
-                    else:
-                        gx = 0.0
-                    jxx += gx * gx
-                    jyy += gy * gy
-                    jxy += gx * gy
-            c = jxx - jyy
-            s = 2.0 * jxy
-            norm = (c * c + s * s) ** 0.5 + 1e-12
-            co[k] = c / norm
-            so[k] = s / norm
-    return c_out, s_out
-
-
 cdef struct _Item:
     cnp.uint64_t key  # order-preserving bits of the value (high 32) and the push age (low 32)
     cnp.int64_t index

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 import pa_lib
 from pa_lib import _kernels
-from pa_lib.grouping import merge_by_mean, reference_markers, reference_region_graph
+from pa_lib.grouping import edge_orientations, merge_by_mean, reference_markers, reference_region_graph
 from pa_lib.synthetic import potential_from_labels, random_label_map, recall
 
 _TWIN = Path(__file__).parents[1] / "bench" / "grouping_twin.py"
@@ -124,3 +124,21 @@ def test_region_graph_is_the_references():
     ours = {(a + 1, b + 1): m for a, b, m in zip(u.tolist(), v.tolist(), mean.tolist())}
     assert ours.keys() == ref.keys() and len(ours) > 20
     assert np.allclose([ours[k] for k in ref], list(ref.values()))
+
+
+def test_orientations_are_the_references():
+    edge_map = _smooth_noise((60, 70), 10)
+    ours, ref = edge_orientations(edge_map), twin.edge_orientations(edge_map)
+    # Angles are modulo pi: compare the agreement |cos| that the grouping uses.
+    assert np.allclose(np.abs(np.cos(ours - ref)), 1.0)
+
+
+@pytest.mark.parametrize("orientation", [False, True])
+def test_without_globalisation_the_top_20_are_the_twins(orientation):
+    # Everything but the spectral step follows the reference: the same masks in the same order.
+    labels = random_label_map(150, 200, 8, seed=11)
+    potential = potential_from_labels(labels, blur=1.0, noise=0.1, seed=11)
+    ref, _ = twin.propose(potential, dict(use_orientation=orientation, use_globalization=0.0))
+    ours, _ = pa_lib.propose(potential, orientation=orientation, globalization=0.0)
+    assert len(ours) == len(ref) >= 5
+    assert all(np.array_equal(a, b) for a, b in zip(ours, ref))

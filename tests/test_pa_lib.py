@@ -336,22 +336,6 @@ def test_watershed_kernel_floods_8_connected_and_unquantised():
     assert labels.tolist() == [[1, 1, 2, 2, 2]]
 
 
-def test_structure_tensor_kernel_equals_numpy():
-    from pa_lib.grouping import _doubled_angle_at
-
-    rng = np.random.default_rng(0)
-    image = rng.random((40, 50)).astype(np.float32)
-    rows, cols = rng.integers(0, 40, 200), rng.integers(0, 50, 200)
-    a = _doubled_angle_at(image, 1.5, rows, cols, use_kernels=True)
-    b = _doubled_angle_at(image, 1.5, rows, cols, use_kernels=False)
-    np.testing.assert_allclose(a, b, atol=1e-9)
-    # A vertical step edge: the gradient is horizontal, so 2t = 0 (cos 1, sin 0) beside it.
-    step = np.zeros((30, 30), np.float32)
-    step[:, 15:] = 1.0
-    c, s = _doubled_angle_at(step, 1.5, np.array([15]), np.array([15]))
-    assert c[0] == pytest.approx(1.0, abs=1e-6) and s[0] == pytest.approx(0.0, abs=1e-6)
-
-
 def test_spectral_boundary_dense_and_sparse_solvers_agree(monkeypatch):
     import pa_lib.grouping as grouping
 
