@@ -22,7 +22,7 @@ from scipy import ndimage as ndi  # noqa: E402
 
 import pa_lib  # noqa: E402
 from pa_lib import tree_stats  # noqa: E402
-from pa_lib.grouping import DEFAULTS, _doubled_angle_at, oversegment  # noqa: E402
+from pa_lib.grouping import DEFAULTS, oversegment  # noqa: E402
 from pa_lib.synthetic import potential_from_labels, random_label_map, recall  # noqa: E402
 
 SETTINGS = {
@@ -86,14 +86,9 @@ def kernel_table(potential, name):
     leaf_rank = hier.start[: hier.n_regions]
     scores = hier.scores("boundary_minus_interior")
     order = np.argsort(-scores, kind="stable")
-    flat = hier.labels.ravel()
-    on_contour = np.flatnonzero(
-        np.pad(hier.labels, 1, mode="edge")[2:, 1:-1].ravel() != flat
-    )  # pixels whose lower neighbour is in another superpixel: a stand-in for the contour pixels
-    rows_px, cols_px = np.divmod(on_contour, potential.shape[1])
     rows = [
         (
-            "seeded watershed (kernel vs higra)",
+            "8-connected flooding (kernel vs higra seeded watershed)",
             best_of(lambda: oversegment(potential, use_kernels=True)),
             best_of(lambda: oversegment(potential, use_kernels=False)),
         ),
@@ -101,11 +96,6 @@ def kernel_table(potential, name):
             "ring statistics (kernel vs NumPy+higra LCA)",
             best_of(lambda: tree_stats.ring_stats(hier.labels, potential, hier.tree, leaf_rank, True)),
             best_of(lambda: tree_stats.ring_stats(hier.labels, potential, hier.tree, leaf_rank, False)),
-        ),
-        (
-            f"structure tensor at {len(on_contour)} px (kernel vs integral images)",
-            best_of(lambda: _doubled_angle_at(1.0 - potential, 1.5, rows_px, cols_px, True)),
-            best_of(lambda: _doubled_angle_at(1.0 - potential, 1.5, rows_px, cols_px, False)),
         ),
         (
             "tree NMS, top 20 (kernel vs NumPy)",

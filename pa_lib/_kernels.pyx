@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled kernels for pa_lib: per-node boundary-ring statistics and tree NMS (loops no library offers).
+"""Compiled kernels for pa_lib: per-node boundary-ring statistics, tree NMS and flooding (loops no library offers).
 
 Both rely on higra's node numbering: a parent always has a larger index than its children and the
 root is the last node (its own parent), so walking up from the smaller of two nodes finds their
@@ -129,122 +129,105 @@ def tree_nms(const cnp.int64_t[:] order, const double[:] area, const cnp.int64_t
     return kept[:n_kept]
 
 
-def seeded_watershed(const cnp.uint16_t[:, :] level, const cnp.int64_t[:, :] markers, Py_ssize_t n_levels):
-    """Flooding watershed on a 4-connected grid from labelled markers (> 0) over quantised levels.
+cdef struct _Item:
+    cnp.uint64_t key  # order-preserving bits of the value (high 32) and the push age (low 32)
+    cnp.int64_t index
 
-    A bucket queue with one FIFO per level floods from the markers: each pixel takes the label of
-    the pixel that reached it first at the lowest level, ties on plateaus going to the nearest
-    marker. Returns int64 [H,W] labels (every pixel reachable from a marker gets one).
+
+cdef inline void _push(_Item* heap, Py_ssize_t* size, cnp.uint64_t key, cnp.int64_t index) noexcept nogil:
+    cdef Py_ssize_t c = size[0], k
+    size[0] += 1
+    while c > 0:
+        k = (c - 1) >> 2
+        if key < heap[k].key:
+            heap[c] = heap[k]
+            c = k
+        else:
+            break
+    heap[c].key = key
+    heap[c].index = index
+
+
+cdef inline cnp.int64_t _pop(_Item* heap, Py_ssize_t* size) noexcept nogil:
+    """Remove the smallest item of the 4-ary heap and return its pixel index."""
+    cdef cnp.int64_t top = heap[0].index
+    size[0] -= 1
+    cdef Py_ssize_t n = size[0], c = 0, k, m, e
+    if n == 0:
+        return top
+    cdef _Item last = heap[n]
+    while True:
+        k = 4 * c + 1
+        if k >= n:
+            break
+        m = k
+        e = k + 4
+        if e > n:
+            e = n
+        k += 1
+        while k < e:
+            if heap[k].key < heap[m].key:
+                m = k
+            k += 1
+        if heap[m].key < last.key:
+            heap[c] = heap[m]
+            c = m
+        else:
+            break
+    heap[c] = last
+    return top
+
+
+def flood_watershed(const float[:, :] value, const cnp.int64_t[:, :] markers):
+    """Marker-controlled flooding on the 8-connected grid over unquantised values (as skimage's watershed).
+
+    Pixels leave a heap in the order of (value, age): the marker pixels first, at ages 0..M-1 in raster
+    order (so equal-valued markers go by pixel index), then every other pixel, labelled when first
+    reached and pushed with its own value and the next age, so plateaus fill in the order they were
+    reached. This is the flooding of scikit-image's `watershed(image, markers, connectivity=2)` up to
+    0.19, the version Generic-Grouping ran (heap of (value, age), labels set when pushed; skimage gives
+    all markers age 0 and leaves their exact ties to its heap). float32 values are compared exactly,
+    through their order-preserving bit patterns. Returns int64 [H,W] labels (0 only where no marker
+    reaches).
     """
-    cdef Py_ssize_t h = level.shape[0], w = level.shape[1], n = h * w
-    out = np.empty((h, w), dtype=np.int64)
+    cdef Py_ssize_t h = value.shape[0], w = value.shape[1], n = h * w
+    out = np.zeros((h, w), dtype=np.int64)
+    if n == 0:
+        return out
+    bits = np.ascontiguousarray(value, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    # IEEE order: negative floats reverse, positive ones follow; -0.0 and 0.0 become equal keys.
+    bits = np.where(bits >> 31, (~bits) & 0xFFFFFFFF, bits | 0x80000000)
+    bits[bits == 0x7FFFFFFF] = 0x80000000
+    cdef cnp.uint64_t[:, :] vkey = bits.reshape(h, w)
     cdef cnp.int64_t[:, :] lab = out
-    cdef cnp.int64_t[:] nxt = np.full(n, -1, dtype=np.int64)
-    cdef cnp.int64_t[:] head = np.full(n_levels, -1, dtype=np.int64)
-    cdef cnp.int64_t[:] tail = np.full(n_levels, -1, dtype=np.int64)
-    cdef Py_ssize_t i, j, p, q, cur, lv, k, qi, qj
+    buffer = np.empty((n + 1) * sizeof(_Item), dtype=np.uint8)
+    cdef unsigned char[:] raw = buffer
+    cdef _Item* heap = <_Item*> &raw[0]
+    cdef Py_ssize_t size = 0, i, j, k, p, qi, qj
+    cdef cnp.uint64_t age = 0
     cdef cnp.int64_t lp
+    cdef int di[8]
+    cdef int dj[8]
+    di[:] = [-1, -1, -1, 0, 0, 1, 1, 1]
+    dj[:] = [-1, 0, 1, -1, 1, -1, 0, 1]
     with nogil:
         for i in range(h):
             for j in range(w):
                 lab[i, j] = markers[i, j]
-        for i in range(h):
-            for j in range(w):
-                if lab[i, j] > 0:
-                    p = i * w + j
-                    lv = level[i, j]
-                    if tail[lv] == -1:
-                        head[lv] = p
-                    else:
-                        nxt[tail[lv]] = p
-                    tail[lv] = p
-        cur = 0
-        while cur < n_levels:
-            p = head[cur]
-            if p == -1:
-                cur += 1
-                continue
-            head[cur] = nxt[p]
-            if head[cur] == -1:
-                tail[cur] = -1
+                if markers[i, j] > 0:
+                    _push(heap, &size, (vkey[i, j] << 32) | age, i * w + j)
+                    age += 1
+        while size > 0:
+            p = _pop(heap, &size)
             i = p // w
             j = p - i * w
             lp = lab[i, j]
-            for k in range(4):
-                qi = i
-                qj = j
-                if k == 0:
-                    qi = i - 1
-                elif k == 1:
-                    qi = i + 1
-                elif k == 2:
-                    qj = j - 1
-                else:
-                    qj = j + 1
+            for k in range(8):
+                qi = i + di[k]
+                qj = j + dj[k]
                 if qi < 0 or qi >= h or qj < 0 or qj >= w or lab[qi, qj] != 0:
                     continue
                 lab[qi, qj] = lp
-                q = qi * w + qj
-                lv = level[qi, qj]
-                if lv < cur:
-                    lv = cur
-                nxt[q] = -1
-                if tail[lv] == -1:
-                    head[lv] = q
-                else:
-                    nxt[tail[lv]] = q
-                tail[lv] = q
+                _push(heap, &size, (vkey[qi, qj] << 32) | age, qi * w + qj)
+                age += 1
     return out
-
-
-def structure_tensor_at(const float[:, :] smoothed, const cnp.int64_t[:] rows, const cnp.int64_t[:] cols,
-                        Py_ssize_t radius):
-    """Doubled-angle unit vectors (cos 2t, sin 2t) of the structure tensor at the given pixels.
-
-    Gradients are central differences of ``smoothed`` (zero on the image edge); the tensor sums
-    their products over the (2 radius + 1)^2 box around each queried pixel, clipped to the image.
-    Returns float64 arrays c, s of len(rows).
-    """
-    cdef Py_ssize_t h = smoothed.shape[0], w = smoothed.shape[1], m = rows.shape[0]
-    c_out = np.empty(m, dtype=np.float64)
-    s_out = np.empty(m, dtype=np.float64)
-    cdef double[:] co = c_out
-    cdef double[:] so = s_out
-    cdef Py_ssize_t k, i, j, i0, i1, j0, j1
-    cdef double gx, gy, jxx, jyy, jxy, c, s, norm
-    with nogil:
-        for k in range(m):
-            i0 = rows[k] - radius
-            if i0 < 0:
-                i0 = 0
-            i1 = rows[k] + radius + 1
-            if i1 > h:
-                i1 = h
-            j0 = cols[k] - radius
-            if j0 < 0:
-                j0 = 0
-            j1 = cols[k] + radius + 1
-            if j1 > w:
-                j1 = w
-            jxx = 0.0
-            jyy = 0.0
-            jxy = 0.0
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    if i > 0 and i + 1 < h:
-                        gy = smoothed[i + 1, j] - smoothed[i - 1, j]
-                    else:
-                        gy = 0.0
-                    if j > 0 and j + 1 < w:
-                        gx = smoothed[i, j + 1] - smoothed[i, j - 1]
-                    else:
-                        gx = 0.0
-                    jxx += gx * gx
-                    jyy += gy * gy
-                    jxy += gx * gy
-            c = jxx - jyy
-            s = 2.0 * jxy
-            norm = (c * c + s * s) ** 0.5 + 1e-12
-            co[k] = c / norm
-            so[k] = s / norm
-    return c_out, s_out

@@ -1,17 +1,21 @@
 """Grouping: predicted affinity -> superpixels -> boundary hierarchy -> ranked, NMS-filtered candidate masks.
 
-Follows the GGN extraction (facebookresearch/Generic-Grouping, pa_lib/affinity2mask.py and
-evaluate_helper.py, config pa_extract.py): potential = min over affinity channels; watershed from
-local maxima (20 px footprint); boundaries re-weighted by orientation agreement and mixed 50/50
-with a spectral boundary from 16 eigenvectors; average-linkage (UCM-style) merging where every
-node is a candidate; border-hugging candidates dropped (edge overlap > 0.9 x contour); ranked by
-mean thick-ring potential minus mean interior potential; region NMS at IoU 0.2; top 20.
+Follows the GGN extraction (facebookresearch/Generic-Grouping, pa_lib/affinity2mask.py, rag.py and
+evaluate_helper.py, config pa_extract.py): potential = min over affinity channels; markers as skimage's
+peak_local_max (20 px footprint, image border excluded); 8-connected flooding of the unquantised
+potential from them; boundaries re-weighted by orientation agreement and mixed 50/50 with a spectral
+boundary from 16 eigenvectors; greedy merging of the lowest region edge below join_thresh, the merged
+edge the plain mean (w1 + w2) / 2 of the two, every node a candidate; border-hugging candidates
+dropped (edge overlap > 0.9 x contour); ranked by mean thick-ring potential minus mean interior
+potential; region NMS at IoU 0.2; top 20. bench/grouping_twin.py is the reference step for step
+(slow); docs/grouping.md measures how far this fast version agrees with it.
 
 Differences from the reference, for speed: the spectral problem is solved on the region adjacency
 graph of the superpixels (the Galerkin projection of the pixel problem onto piecewise-constant
-functions) instead of the pixel graph; orientations come from structure tensors evaluated at
-contour pixels; the ring is counted on the thick 4-connected boundary exactly, but accumulated
-along the tree instead of drawing every candidate mask. Four additions, off by default (the
+functions) instead of the pixel graph, so the spectral part of a region edge is one value per
+region pair where the reference averages a per-pixel spectral boundary; the ring is counted on the
+thick 4-connected boundary exactly, but accumulated along the tree instead of drawing every
+candidate mask. With globalization off, the top 20 equal the twin's mask for mask on the maps tried. Four additions, off by default (the
 defaults are the paper's, ``PAPER_SETTINGS``) and on together in ``EXTENDED_SETTINGS``, because
 they raise recall on synthetic maps: components of high
 potential without a window maximum get their own marker (``seed_threshold``); candidates covering
@@ -22,7 +26,8 @@ contour inside it (``internal_penalty`` x the highest merge altitude in its subt
 level of its strongest internal boundary), so a union of an object with a neighbour across a
 strong contour no longer outranks, and NMS-suppresses, the object itself. Recall@0.5 of the top
 20 on 64 maps (500x375, 5-20 objects, seeds 0-15), orientation + globalization 0.5: 0.962
-without the last two, 0.987 with edge_in_ring, 0.989 with both (0.970 -> 0.988 on seeds 16-31).
+without the last two, 0.987 with edge_in_ring, 0.989 with both (0.970 -> 0.988 on seeds 16-31),
+measured with the earlier average-linkage merging and 4-connected flooding.
 """
 from __future__ import annotations
 
@@ -48,7 +53,6 @@ PAPER_SETTINGS = dict(
     marker_threshold=0.0,  # markers only where potential > this x max potential ("edge_thresh")
     seed_threshold=None,  # addition: also seed every component of potential > this that has no marker
     orientation=True,  # re-weight boundaries by orientation agreement ("use_orientation")
-    orientation_sigma=1.5,  # smoothing (px) of the structure tensors that give orientations
     globalization=0.5,  # weight of the spectral boundary ("use_globalization"); 0 disables
     n_eigenvectors=16,  # eigenvectors of the spectral boundary (the first, constant, one is dropped)
     affinity_gamma=0.12,  # spectral affinity = exp(-boundary / gamma)
@@ -59,9 +63,11 @@ PAPER_SETTINGS = dict(
     max_border_fraction=None,  # addition: drop if the candidate covers more than this fraction of the image edge
     edge_in_ring=False,  # addition: the image edge is an open part of a candidate's contour (ring samples)
     internal_penalty=0.0,  # addition: score minus this x the highest merge altitude inside the candidate
+    join_thresh=1.0,  # merge while the lowest region edge is below this ("join_thresh"); the unmerged are no candidates
     nms=0.2,  # region NMS IoU; 0/None disables
     use_kernels=True,  # compiled kernels (True) or NumPy/higra twins (False): same statistics and NMS;
-    # the higra watershed may break ties on plateaus differently, so superpixels can differ slightly
+    # higra's seeded watershed (a minimum spanning forest) may cut plateaus and saddles differently from
+    # the flooding, so superpixels can differ slightly
 )
 
 # This project's four additions (module docstring), measured on synthetic maps; `grouping: extended`.
@@ -90,8 +96,32 @@ def _grid(shape: tuple[int, int]):
     return graph, src.astype(np.int64), dst.astype(np.int64)
 
 
-WATERSHED_LEVELS = 1024  # quantisation of the boundary map for the compiled bucket-queue watershed
 DENSE_EIGEN_MAX = 200  # region graphs up to this size use a dense eigensolver, larger ones shift-invert Lanczos
+
+
+def reference_markers(potential: np.ndarray, footprint: int = 20, marker_threshold: float = 0.0):
+    """int64 [H,W] marker labels 1..n (0 elsewhere) and n, as the reference picks them.
+
+    Generic-Grouping pa_lib/affinity2mask.py:163-190: skimage ``peak_local_max(potential,
+    footprint=ones((20, 20)))`` with its defaults (scikit-image 0.18-0.19: a maximum filter with
+    mode 'nearest', peaks strictly above the image minimum, a 1-pixel image border excluded, no
+    plateau thinning at min_distance 1, none on a constant image), labelled 4-connected
+    (``ndi.label``), and kept only where potential > ``marker_threshold`` x its maximum (edge_thresh).
+    """
+    size = max(int(footprint), 1)
+    peaks = potential == ndi.maximum_filter(potential, size=size, mode="nearest")
+    if peaks.all():
+        return np.zeros(potential.shape, np.int64), 0
+    peaks &= potential > potential.min()
+    peaks[:1] = peaks[-1:] = False
+    peaks[:, :1] = peaks[:, -1:] = False
+    markers, _ = ndi.label(peaks)
+    markers[potential <= marker_threshold * potential.max()] = 0
+    # Relabel 1..n: a label dropped by the threshold leaves no gap.
+    kept = np.unique(markers[markers > 0])
+    lookup = np.zeros(int(markers.max()) + 1, np.int64)
+    lookup[kept] = np.arange(1, len(kept) + 1)
+    return lookup[markers], len(kept)
 
 
 def oversegment(
@@ -99,21 +129,21 @@ def oversegment(
 ):
     """int64 [H,W] superpixel index 0..R-1 (seeded watershed from potential maxima) and R; (None, 0) without markers.
 
-    Markers are the maxima of the potential over a ``footprint`` window (as the reference). A
-    window maximum can sit in a neighbouring object, so a region thinner than the window gets no
-    marker and is flooded by its neighbour; every connected component of potential >
-    ``seed_threshold`` that holds no marker and covers at least a quarter of the window is
-    therefore added as a marker of its own.
+    Markers are the reference's (``reference_markers``) and the flooding is the reference's:
+    8-connected on the unquantised potential (``_kernels.flood_watershed``; without kernels higra's
+    seeded watershed on the 8-adjacency graph, the same basins up to ties). A window maximum can sit
+    in a neighbouring object, so a region thinner than the window gets no marker and is flooded by
+    its neighbour; with ``seed_threshold`` (an addition, off in the paper's settings) every connected
+    component of potential > ``seed_threshold`` that holds no marker and covers at least a quarter of
+    the window is added as a marker of its own.
     """
-    peaks = potential == ndi.maximum_filter(potential, size=max(int(footprint), 1), mode="nearest")
-    peaks &= potential > marker_threshold * potential.max()
-    markers, n = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    markers, n = reference_markers(potential, footprint, marker_threshold)
     if seed_threshold is not None:
         comps, n_comps = ndi.label(potential > seed_threshold)
         if n_comps:
             # Components under a quarter of a window are speckle, not objects: they stay unseeded.
             skip = np.bincount(comps.ravel(), minlength=n_comps + 1) < max(int(footprint), 1) ** 2 // 4
-            skip[comps[peaks]] = True
+            skip[comps[markers > 0]] = True
             skip[0] = True
             new_ids = np.cumsum(~skip) * ~skip
             extra = new_ids[comps]
@@ -122,62 +152,132 @@ def oversegment(
     if n == 0:
         return None, 0
     if use_kernels:
-        levels = np.round((1.0 - potential) * (WATERSHED_LEVELS - 1)).astype(np.uint16)
-        labels = _kernels.seeded_watershed(levels, markers.astype(np.int64), WATERSHED_LEVELS)
+        labels = _kernels.flood_watershed(np.negative(potential, dtype=np.float32), markers)
         return labels - 1, n
-    graph, src, dst = _grid(potential.shape)
-    boundary = 1.0 - potential.ravel()
+    graph = _grid8(potential.shape)
+    src, dst = graph.edge_list()
+    boundary = 1.0 - potential.ravel().astype(np.float64)
     # Flooding from the maxima: a pixel pair is as high as its higher boundary value.
     edge_w = np.maximum(boundary[src], boundary[dst])
     labels = hg.labelisation_seeded_watershed(graph, edge_w, markers.ravel())
     return (np.asarray(labels, np.int64) - 1).reshape(potential.shape), n
 
 
-def _doubled_angle_at(image: np.ndarray, sigma: float, rows: np.ndarray, cols: np.ndarray, use_kernels: bool = True):
-    """Unit doubled-angle vectors (cos 2t, sin 2t) of the dominant orientation t at the given pixels.
+@lru_cache(maxsize=8)
+def _grid8(shape: tuple[int, int]):
+    return hg.get_8_adjacency_graph(shape)
 
-    Structure tensor: central-difference gradients of the Gaussian-smoothed image, their products
-    summed over the (2 ceil(2 sigma) + 1)^2 box around each queried pixel. Only the queried pixels
-    (contour pixels) are evaluated: in the kernel directly, in NumPy through integral images.
+
+def reference_region_graph(labels: np.ndarray, boundary: np.ndarray, n_regions: int):
+    """(u, v, mean boundary) per region pair, as Generic-Grouping pa_lib/rag.py ``rag_boundary`` (connectivity 2).
+
+    Every pixel whose 3x3 neighbourhood holds a smaller label adds its boundary value to the pair (smallest
+    label, its own), and one that sees a larger label to (its own, largest); both sides of a contour
+    therefore count, and a pixel between three regions joins only the extreme pairs, as there.
     """
-    g = ndi.gaussian_filter(image.astype(np.float32), sigma, truncate=2.5)
-    r = max(int(np.ceil(2 * sigma)), 1)
-    if use_kernels:
-        return _kernels.structure_tensor_at(g, rows.astype(np.int64), cols.astype(np.int64), r)
-    gy = np.zeros(g.shape, np.float64)
-    gx = np.zeros(g.shape, np.float64)
-    gy[1:-1] = g[2:] - g[:-2]
-    gx[:, 1:-1] = g[:, 2:] - g[:, :-2]
-    h, w = g.shape
-    i0, i1 = np.maximum(rows - r, 0), np.minimum(rows + r + 1, h)
-    j0, j1 = np.maximum(cols - r, 0), np.minimum(cols + r + 1, w)
-
-    def box_sum(x):
-        integral = np.zeros((h + 1, w + 1))
-        np.cumsum(np.cumsum(x, 0), 1, out=integral[1:, 1:])
-        return integral[i1, j1] - integral[i0, j1] - integral[i1, j0] + integral[i0, j0]
-
-    c = box_sum(gx * gx) - box_sum(gy * gy)
-    s = 2.0 * box_sum(gx * gy)
-    norm = np.sqrt(c * c + s * s) + 1e-12
-    return c / norm, s / norm
+    eroded = ndi.grey_erosion(labels, size=(3, 3))
+    dilated = ndi.grey_dilation(labels, size=(3, 3))
+    below, above = eroded != labels, dilated != labels
+    small = np.concatenate([eroded[below], labels[above]])
+    large = np.concatenate([labels[below], dilated[above]])
+    values = np.concatenate([boundary[below], boundary[above]])
+    pair_ids, which = np.unique(small * n_regions + large, return_inverse=True)
+    mean = np.bincount(which, values) / np.bincount(which)
+    return pair_ids // n_regions, pair_ids % n_regions, mean
 
 
-def orientation_agreement(
-    boundary: np.ndarray, contour: np.ndarray, sigma: float, pixels: np.ndarray, use_kernels: bool = True
-) -> np.ndarray:
-    """|cos| of the angle between the local orientations of the boundary map and the contour map at flat ``pixels``."""
-    rows, cols = np.divmod(pixels, boundary.shape[1])
-    c1, s1 = _doubled_angle_at(boundary, sigma, rows, cols, use_kernels)
-    c2, s2 = _doubled_angle_at(contour, sigma, rows, cols, use_kernels)
-    # |cos(t1 - t2)| = sqrt((1 + cos(2 t1 - 2 t2)) / 2)
-    return np.sqrt(np.clip(0.5 * (1.0 + c1 * c2 + s1 * s2), 0.0, 1.0))
+def merge_by_mean(n_regions: int, rag_u: np.ndarray, rag_v: np.ndarray, weight: np.ndarray, join_thresh: float = 1.0):
+    """Greedy region merging with the reference's rule; returns (parents, altitudes, merged) of a binary tree.
+
+    Generic-Grouping pa_lib/rag.py:566-595, 654-705 (skimage's merge_hierarchical with its own
+    ``avg_weight``): repeatedly merge the two regions joined by the lowest edge while it is below
+    ``join_thresh``; the merged region's edge to a neighbour is the plain mean (w1 + w2) / 2 of the
+    two old edges when both regions touched that neighbour, else the one edge (no length weighting).
+    Ties go to the lower (weight, node, neighbour) as the reference's heap items do. Every node is a
+    candidate. Regions still apart when no edge is below ``join_thresh`` are joined afterwards, in
+    node order, under nodes marked False in ``merged`` (not candidates) so the tree stays binary.
+    Node numbering is higra's: leaves 0..R-1, then each merge's node, the root last.
+    """
+    import heapq
+
+    adj: list[dict] = [dict() for _ in range(n_regions)]
+    for u, v, w in zip(rag_u.tolist(), rag_v.tolist(), np.asarray(weight, np.float64).tolist()):
+        adj[u][v] = w
+        adj[v][u] = w
+    heap = [(w, u, v) for u in range(n_regions) for v, w in adj[u].items() if u < v]
+    heapq.heapify(heap)
+    parents = list(range(2 * n_regions - 1))
+    altitudes = [0.0] * (2 * n_regions - 1)
+    alive = [True] * (2 * n_regions - 1)
+    nxt = n_regions
+    while heap and heap[0][0] < join_thresh:
+        w, a, b = heapq.heappop(heap)
+        if not (alive[a] and alive[b]) or adj[a].get(b) != w:
+            continue  # stale: one end merged since, or the edge was re-weighted
+        new = nxt
+        nxt += 1
+        adj.append({})
+        na, nb = adj[a], adj[b]
+        for c in set(na) | set(nb):
+            if c == a or c == b:
+                continue
+            w1, w2 = na.get(c), nb.get(c)
+            nw = w2 if w1 is None else w1 if w2 is None else (w1 + w2) / 2.0
+            adj[new][c] = nw
+            adj[c][new] = nw
+            adj[c].pop(a, None)
+            adj[c].pop(b, None)
+            heapq.heappush(heap, (nw, new, c) if new < c else (nw, c, new))
+        alive[a] = alive[b] = False
+        adj[a] = adj[b] = {}
+        parents[a] = parents[b] = new
+        altitudes[new] = w
+    merged = np.ones(2 * n_regions - 1, bool)
+    roots = [i for i in range(nxt) if alive[i]]
+    top = max(altitudes[:nxt]) if nxt > n_regions else 0.0
+    while len(roots) > 1:  # a forest: join what is left (never below join_thresh) outside the candidates
+        a, b = roots[0], roots[1]
+        new = nxt
+        nxt += 1
+        parents[a] = parents[b] = new
+        altitudes[new] = max(top, join_thresh)
+        merged[new] = False
+        roots = roots[2:] + [new]
+    return np.asarray(parents, np.int64), np.asarray(altitudes, np.float64), merged
+
+
+def _triangle_1d(length: int = 9) -> np.ndarray:
+    r = np.arange(length)
+    k = (length + 1 - np.abs(r - r[::-1])) / 2.0
+    return k / k.sum()
+
+
+def edge_orientations(edge_map: np.ndarray) -> np.ndarray:
+    """float64 [H,W] orientation in [0, pi) of an edge map, as Generic-Grouping's a2m ``compute_edge_orientations``.
+
+    A 9x9 triangle filter, second differences [-1, 2, -1] along each axis, the sign of one flipped where
+    the diagonal filter [[1, 0, -1], [0, 0, 0], [-1, 0, 1]] is positive, arctan2 modulo pi; zero padding
+    as ``convolve2d(..., "same")`` (the filters are symmetric, so correlation equals convolution; the
+    triangle filter is separable).
+    """
+    k = _triangle_1d(9)
+    e = np.asarray(edge_map, np.float64)
+    smooth = ndi.correlate1d(ndi.correlate1d(e, k, 0, mode="constant"), k, 1, mode="constant")
+    second = np.array([-1.0, 2.0, -1.0])
+    d_cols = ndi.correlate1d(smooth, second, 1, mode="constant")  # the reference's "Dy"
+    d_rows = ndi.correlate1d(smooth, second, 0, mode="constant")  # its "Dx"
+    diagonal = np.array([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 1.0]])
+    flip = ndi.correlate(smooth, diagonal, mode="constant") > 0
+    d_cols[flip] = -d_cols[flip]
+    return np.mod(np.arctan2(d_cols, d_rows), np.pi)
 
 
 def spectral_boundary(
-    n_regions: int, rag_u, rag_v, cross_affinity, mass, n_eigenvectors: int = 16
+    n_regions: int, rag_u, rag_v, cross_affinity, mass, n_eigenvectors: int = 16, edges=None
 ) -> np.ndarray | None:
     """Per region-graph edge spectral boundary in [0,1] (None if the graph is too small).
+
+    ``edges``: (u, v) region pairs to evaluate it on instead of the graph's own (normalised over those).
 
     Solves L v = lambda D v for the smallest eigenpairs, with L the Laplacian of summed pixel
     affinities across region boundaries and D the summed pixel degrees of each region; each
@@ -211,7 +311,8 @@ def spectral_boundary(
     vals = np.maximum(vals[1:], 1e-10)
     lo, hi = vecs.min(0), vecs.max(0)
     vecs = (vecs - lo) / np.where(hi > lo, hi - lo, 1.0) / np.sqrt(vals)
-    edge = np.power(np.abs(vecs[rag_u] - vecs[rag_v]).sum(1), 1.0 / np.sqrt(2.0))
+    eu, ev = (rag_u, rag_v) if edges is None else edges
+    edge = np.power(np.abs(vecs[eu] - vecs[ev]).sum(1), 1.0 / np.sqrt(2.0))
     top = edge.max()
     return edge / top if top > 0 else edge
 
@@ -310,8 +411,11 @@ def nms_masks(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.2,
 class Hierarchy:
     """Superpixels, their merge tree and per-node candidate statistics for one potential map."""
 
-    def __init__(self, labels, n_regions, tree, altitudes, area, sum_p, border, border_sum, inner, outer, start, size):
+    def __init__(self, labels, n_regions, tree, altitudes, area, sum_p, border, border_sum, inner, outer, start, size,
+                 merged=None):
         self.labels, self.n_regions, self.tree, self.altitudes = labels, n_regions, tree, altitudes
+        # merged: False on nodes that only close a forest into one tree (never candidates).
+        self.merged = np.ones(tree.num_vertices(), bool) if merged is None else merged
         # border: image-edge sides of the node's pixels; border_sum: their potential with the same multiplicity.
         self.area, self.sum_p, self.border, self.border_sum = area, sum_p, border, border_sum
         self.inner_sum, self.inner_cnt = inner
@@ -327,7 +431,7 @@ class Hierarchy:
     def internal_level(self) -> np.ndarray:
         """float64 per node: the highest merge altitude in its subtree (0 for a leaf): its strongest inner contour.
 
-        A maximum, not the node's own altitude: average-linkage altitudes need not increase up the tree.
+        A maximum, not the node's own altitude: mean-merge altitudes need not increase up the tree.
         """
         nl = self.tree.num_leaves()
         return np.asarray(hg.accumulate_and_max_sequential(
@@ -345,7 +449,7 @@ class Hierarchy:
 
 
 def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
-    """Over-segment, weight region boundaries, merge by average linkage and accumulate node statistics."""
+    """Over-segment, weight region boundaries, merge (``merge_by_mean``) and accumulate node statistics."""
     p = {**DEFAULTS, **params}
     h, w = potential.shape
     labels, n_regions = oversegment(potential, p["footprint"], p["marker_threshold"], p["seed_threshold"], p["use_kernels"])
@@ -359,33 +463,40 @@ def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
     a, b = np.minimum(ls[cross], ld[cross]), np.maximum(ls[cross], ld[cross])
     pair_ids, edge_of_cross = np.unique(a * n_regions + b, return_inverse=True)
     rag_u, rag_v = pair_ids // n_regions, pair_ids % n_regions
-    length = np.bincount(edge_of_cross).astype(np.float64)
 
     boundary = 1.0 - potential
-    bflat = boundary.ravel()
-    local = 0.5 * (bflat[es] + bflat[ed])
+    bflat = boundary.ravel().astype(np.float64)
     if p["orientation"]:
-        contour = np.zeros(h * w, np.float32)
-        contour[es] = 1.0
-        contour[ed] = 1.0
-        agree = orientation_agreement(
-            boundary, contour.reshape(h, w), p["orientation_sigma"], np.concatenate([es, ed]), p["use_kernels"]
-        )
-        local = local * 0.5 * (agree[: len(es)] + agree[len(es):])
-    weight = np.bincount(edge_of_cross, local) / length
+        # The reference's local boundary map: 1 - potential re-weighted by orientation agreement on the thick
+        # (4-connected) superpixel contours, 0 elsewhere (a2m potential2masks_ucm_hierarchy).
+        on_contour = np.zeros(h * w, bool)
+        on_contour[es] = True
+        on_contour[ed] = True
+        pixels = np.flatnonzero(on_contour)
+        contour_angle = edge_orientations(on_contour.reshape(h, w)).ravel()[pixels]
+        boundary_angle = edge_orientations(boundary).ravel()[pixels]
+        agree = np.abs(np.cos(contour_angle - boundary_angle))
+        local_px = np.zeros(h * w)
+        local_px[pixels] = agree * bflat[pixels]
+    else:
+        local_px = bflat
+    # Region edges as the reference's rag_boundary: each pixel pairs its label with the smallest and the
+    # largest label of its 8-neighbourhood; an edge's weight is the mean local boundary over its pixels.
+    ref_u, ref_v, weight = reference_region_graph(labels, local_px.reshape(h, w), n_regions)
     area_leaf = np.bincount(flat, minlength=n_regions).astype(np.float64)
     gw = float(p["globalization"] or 0.0)
     if gw > 0:
-        cross_aff = np.bincount(edge_of_cross, np.exp(-local / p["affinity_gamma"]))
+        # Pixel affinity across a contour: exp(-max boundary / gamma), the reference's min of the two exp.
+        cross_aff = np.bincount(
+            edge_of_cross, np.exp(-np.maximum(local_px[es], local_px[ed]) / p["affinity_gamma"]), len(rag_u))
         internal = np.bincount(ls[~cross], minlength=n_regions)
         aff_sum = np.bincount(rag_u, cross_aff, n_regions) + np.bincount(rag_v, cross_aff, n_regions)
         mass = area_leaf + 2.0 * internal + aff_sum
-        spectral = spectral_boundary(n_regions, rag_u, rag_v, cross_aff, mass, p["n_eigenvectors"])
+        spectral = spectral_boundary(n_regions, rag_u, rag_v, cross_aff, mass, p["n_eigenvectors"], (ref_u, ref_v))
         if spectral is not None:
             weight = (1.0 - gw) * weight + gw * spectral
-    rag = hg.UndirectedGraph(n_regions)
-    rag.add_edges(rag_u, rag_v)
-    tree, altitudes = hg.binary_partition_tree_average_linkage(rag, weight, length)
+    parents, altitudes, merged = merge_by_mean(n_regions, ref_u, ref_v, weight, p["join_thresh"])
+    tree = hg.Tree(parents)
 
     sides = edge_sides((h, w)).ravel()
     pflat = potential.ravel()
@@ -399,7 +510,7 @@ def build_hierarchy(potential: np.ndarray, **params) -> Hierarchy | None:
     inner_sum, inner_cnt, dil_sum, dil_cnt, bpix_sum, bpix_cnt = tree_stats.subtree_sums(tree, diffs)
     return Hierarchy(
         labels, n_regions, tree, altitudes, area, sum_p, border, border_sum,
-        (inner_sum, inner_cnt), (dil_sum - bpix_sum, dil_cnt - bpix_cnt), start, size,
+        (inner_sum, inner_cnt), (dil_sum - bpix_sum, dil_cnt - bpix_cnt), start, size, merged,
     )
 
 
@@ -427,7 +538,7 @@ def propose(affinity, top_k: int | None = 20, **params) -> tuple[np.ndarray, np.
     scores = hier.scores(p["ranking"], p["edge_in_ring"])
     if p["internal_penalty"]:
         scores = scores - p["internal_penalty"] * hier.internal_level()
-    valid = (hier.area >= p["min_size"]) & (hier.area <= p["max_size_fraction"] * h * w)
+    valid = (hier.area >= p["min_size"]) & (hier.area <= p["max_size_fraction"] * h * w) & hier.merged
     if p["border_thresh"]:
         # The contour is the ring's: with edge_in_ring it includes the image edge, so a candidate is
         # dropped only when the edge is over 90% of its contour; measured against the inner contour

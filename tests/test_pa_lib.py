@@ -241,7 +241,9 @@ def test_every_ranking_runs_and_finds_objects(ranking):
     masks, scores = pa_lib.propose(potential, ranking=ranking)
     assert np.all(np.diff(scores) <= 0)
     found, total = recall(masks, labels)
-    assert found >= total - 1
+    # 'interior' (mean potential, rank_method 1) favours small pure fragments: on this 7-superpixel map, with the
+    # reference's mean merging, it keeps one object fewer than the others (2 of 4).
+    assert found >= total - (2 if ranking == "interior" else 1)
 
 
 def test_paper_settings_run_and_find_objects():
@@ -264,10 +266,14 @@ def test_white_noise_gives_bounded_oversegmentation():
 
 def test_filters_apply():
     labels, potential = _synthetic(96, 128, 6, seed=6)
-    masks, _ = pa_lib.propose(potential, min_size=600, max_size_fraction=0.05, nms=0, seed_threshold=0.5)
+    # The size window holds candidates of this map's tree (600 to 1229 px; with the reference's mean merging the
+    # earlier window of 600 to 614 px held none).
+    masks, _ = pa_lib.propose(potential, min_size=600, max_size_fraction=0.1, nms=0, seed_threshold=0.5)
     areas = masks.reshape(len(masks), -1).sum(1)
     assert len(masks) > 0
-    assert areas.min() >= 600 and areas.max() <= 0.05 * 96 * 128
+    assert areas.min() >= 600 and areas.max() <= 0.1 * 96 * 128
+    everything, _ = pa_lib.propose(potential, top_k=1000, nms=0, seed_threshold=0.5)
+    assert (everything.reshape(len(everything), -1).sum(1) > 0.1 * 96 * 128).any()  # the window did cut some
     # The whole image hugs the border: never a candidate, even with every filter but the border one off.
     masks, _ = pa_lib.propose(potential, top_k=1000, nms=0, max_border_fraction=None)
     assert not masks.reshape(len(masks), -1).all(1).any()
@@ -303,30 +309,31 @@ def test_bad_arguments_raise_clear_errors():
 
 
 def test_watershed_kernel_keeps_markers_and_splits_at_the_ridge():
-    level = np.zeros((5, 9), np.uint16)
-    level[:, 4] = 100  # a ridge down the middle column
+    value = np.zeros((5, 9))
+    value[:, 4] = 1.0  # a ridge down the middle column
     markers = np.zeros((5, 9), np.int64)
     markers[2, 1] = 1
     markers[2, 7] = 2
-    labels = _kernels.seeded_watershed(level, markers, 128)
+    labels = _kernels.flood_watershed(value.astype(np.float32), markers)
     assert (labels[:, :4] == 1).all() and (labels[:, 5:] == 2).all()
     assert set(np.unique(labels[:, 4])) <= {1, 2}
 
 
-def test_structure_tensor_kernel_equals_numpy():
-    from pa_lib.grouping import _doubled_angle_at
-
-    rng = np.random.default_rng(0)
-    image = rng.random((40, 50)).astype(np.float32)
-    rows, cols = rng.integers(0, 40, 200), rng.integers(0, 50, 200)
-    a = _doubled_angle_at(image, 1.5, rows, cols, use_kernels=True)
-    b = _doubled_angle_at(image, 1.5, rows, cols, use_kernels=False)
-    np.testing.assert_allclose(a, b, atol=1e-9)
-    # A vertical step edge: the gradient is horizontal, so 2t = 0 (cos 1, sin 0) beside it.
-    step = np.zeros((30, 30), np.float32)
-    step[:, 15:] = 1.0
-    c, s = _doubled_angle_at(step, 1.5, np.array([15]), np.array([15]))
-    assert c[0] == pytest.approx(1.0, abs=1e-6) and s[0] == pytest.approx(0.0, abs=1e-6)
+def test_watershed_kernel_floods_8_connected_and_unquantised():
+    # A basin reached only through a diagonal gap in a wall is flooded from the marker across it.
+    value = np.ones((6, 6))
+    value[:3, :3] = 0.0
+    value[3:, 3:] = 0.0
+    markers = np.zeros((6, 6), np.int64)
+    markers[0, 0] = 1
+    markers[0, 5] = 2
+    labels = _kernels.flood_watershed(value.astype(np.float32), markers)
+    assert (labels[3:, 3:] == 1).all()
+    # Values 1e-6 apart still order the flooding (no quantisation): the ridge pixel goes to the side whose
+    # pass is lower, although the other side reached its pass first (earlier push).
+    value = np.array([[0.0, 0.5 + 1e-6, 0.9, 0.5, 0.0]])
+    labels = _kernels.flood_watershed(value.astype(np.float32), np.array([[1, 0, 0, 0, 2]], np.int64))
+    assert labels.tolist() == [[1, 1, 2, 2, 2]]
 
 
 def test_spectral_boundary_dense_and_sparse_solvers_agree(monkeypatch):
