@@ -48,9 +48,37 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def _umask() -> int:
+    """The process's umask: from /proc on Linux (reading it there changes nothing, so threads writing files at
+    the same moment are unaffected), else by setting and restoring it, the only way POSIX offers."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(folder: bool = False) -> int:
+    """The mode a plain open() (0666) or mkdir() (0777) gives under the process's umask."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
 def _atomic_open(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600 files; the output gets the mode a plain open() would give (0666 less the umask), so
+    # that collaborators on a shared cluster can read the results as they can read any other file the user writes
+    try:
+        os.fchmod(fd, plain_mode())
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
     return fd, Path(tmp)
 
 
