@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from ggn.bounds import check_options
 from ggn.images import ImageError
 from ggn.io import InputError, check_writable, setup_logging
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    check_options(step, args, parser)  # the bounds the config schema gives the same options
     args._argv = rest  # the step's own arguments, for steps that relaunch themselves as several processes
     setup_logging(verbose or args.verbose)
     for name in OUTPUT_OPTIONS:
