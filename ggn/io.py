@@ -161,6 +161,8 @@ def _json_default(o: Any):
         return o.tolist()
     if isinstance(o, bytes):
         return o.decode("ascii")
+    if isinstance(o, os.PathLike):  # parsed options (`type=Path`) as the command line gave them
+        return os.fspath(o)
     raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
 
 
