@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def close_progress_bars() -> None:
+    """Close every tqdm bar still drawn (a step stopped inside its loop)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = build_parser()
@@ -74,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name, None):
             check_writable(getattr(args, name), f"--{name.replace('_', '-')}")
     try:
-        result = module.run(args)
+        try:
+            result = module.run(args)
+        except BaseException:
+            close_progress_bars()  # the error Python prints next then starts a line of its own, not the bar's
+            raise
     except ImageError as e:  # an image that broke after the up-front checks (a training step): no traceback
         message = str(e).strip().splitlines()[-1]  # a DataLoader worker re-raises it with its traceback inside
         raise InputError(f"{message.removeprefix('ggn.images.ImageError: ')}; fix or remove that image, then run "

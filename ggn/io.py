@@ -40,12 +40,38 @@ class TrainingDiverged(SystemExit):
         super().__init__(f"error: {message}")
 
 
+class ProgressBarSafeHandler(logging.StreamHandler):
+    """Log records written through tqdm.write, to the stream (stderr) as it is at each record: a message
+    logged while a progress bar is drawn gets a line of its own above the bar instead of being printed onto
+    the bar's line (and the bar is redrawn below it)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):  # the current sys.stderr (pytest and callers may swap it), as StreamHandler reads once
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    handler = ProgressBarSafeHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    logging.captureWarnings(True)  # library warnings (torch, PIL) too go above the bar, not onto it
 
 
 def _umask() -> int:
