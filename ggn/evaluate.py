@@ -76,12 +76,12 @@ def _json_error_hint(path: Path, error: Exception) -> str:
     which JSON has not), a cut file, or another fault."""
     text = " ".join(str(error).split())
     if re.search(r'(?<![\w"])(NaN|-?Infinity)(?![\w"])', text):
-        return (f"detections {path} holds NaN or Infinity, which are not JSON (Python's json writes them for "
-                f"non-finite numbers): the detector's scores or boxes are not finite, so it diverged; retrain it "
-                f"(lower --lr), then predict again ({text:.200})")
+        return (f"detections {path} is not valid JSON: it holds NaN or Infinity, which JSON has not (Python's json "
+                "writes them for non-finite numbers): the detector's scores or boxes are not finite, so it diverged; "
+                f"retrain it (lower --lr), then predict again ({text:.200})")
     if "premature EOF" in text or "Incomplete JSON" in text:
-        return (f"detections {path} ends in the middle of its JSON: the file is truncated (a copy or a write "
-                f"cut short); predict again ({text:.200})")
+        return (f"detections {path} is not valid JSON: it ends in the middle, so the file is truncated (a copy or "
+                f"a write cut short); predict again ({text:.200})")
     return f"detections {path} is not valid JSON ({text:.200}); regenerate it with `ggn predict`"
 
 
