@@ -35,7 +35,8 @@ BACKGROUND_NAMES = frozenset({"_background_", "__background__", "__ignore__"})
 # Counters of `validate_coco`, with the words the log uses for them.
 REPAIRS = {
     "rle_converted": "uncompressed RLE masks converted to compressed RLE",
-    "flat_polygons": "segmentations written as one flat polygon ([x, y, x, y, ...] without the enclosing list), read as that polygon",
+    "flat_polygons": ("segmentations written as one flat polygon ([x, y, x, y, ...] without the enclosing list), "
+                      "read as that polygon"),
     "polygons_dropped": "polygons with fewer than 3 points or an odd number of coordinates dropped",
     "boxes_from_mask": "boxes missing, zero-area, non-finite or outside the image, taken from the mask",
     "areas_from_mask": "areas missing or not positive, taken from the mask",

@@ -659,8 +659,8 @@ def test_predict_pastes_each_mask_within_its_box_with_torchvision_s_rles():
         h, w = (int(v) for v in torch.randint(5, 60, (2,), generator=g))
         n = int(torch.randint(0, 6, (1,), generator=g))
         corner = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) * 1.2 - 5
-        boxes = clip_boxes_to_image(torch.cat([corner, corner + torch.rand(n, 2, generator=g) * torch.tensor([w, h])], 1),
-                                    (h, w))
+        size = torch.rand(n, 2, generator=g) * torch.tensor([w, h])
+        boxes = clip_boxes_to_image(torch.cat([corner, corner + size], 1), (h, w))
         det = {"boxes": boxes, "scores": torch.rand(n, generator=g), "masks": torch.rand(n, 1, 28, 28, generator=g)}
         full = paste_masks_in_image(det["masks"], boxes, (h, w))[:, 0] > 0.5
         assert [r["segmentation"] for r in to_results(1, det, h, w)] == encode_masks(full.numpy())
