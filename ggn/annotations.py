@@ -215,6 +215,17 @@ def validate_coco(data: Any, path: str | os.PathLike, *, annotations: bool = Tru
     return out, {k: v for k, v in counts.items() if v}
 
 
+def refuse_evaluation_file(annotations, path: str | os.PathLike, role: str) -> None:
+    """Refuse the eval.json of `ggn split` where a training or mining file belongs: its annotations marked
+    `ignored_split` 0 are the unseen objects the evaluation holds out (learning them, or counting them as
+    already annotated, would leak the evaluation into training)."""
+    unseen = sum(1 for a in annotations if isinstance(a, dict) and a.get("ignored_split") == 0)
+    if unseen:
+        raise InputError(f"{path} is an evaluation file of `ggn split`: {unseen} of its annotations are unseen-class "
+                         f"objects (ignored_split 0) that the evaluation holds out, and {role} would use them; pass "
+                         "the train.json of `ggn split` (or the source file of the images)")
+
+
 def log_counts(path: str | os.PathLike, counts: dict, total: int | None = None) -> None:
     """One warning per kind of repair or drop (nothing when the file was clean)."""
     for key, words in {**REPAIRS, **DROPS}.items():

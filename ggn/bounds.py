@@ -17,7 +17,7 @@ SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.
 
 # ggn step -> the experiment block of the config that holds its options
 STEP_BLOCKS = {"train-pa": "pa", "train-detector": "detector", "extract": "extract", "merge": "merge",
-               "rank-oln": "rank", "synth": "synthetic"}
+               "rank-oln": "rank", "synth": "synthetic", "predict": "predict"}
 
 _LIMITS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 

@@ -58,12 +58,16 @@ class CocoInstances(torch.utils.data.Dataset):
         return {i: sum(1 for a in self.anns.get(i, []) if a.get("segmentation") and not a.get("iscrowd", 0))
                 for i in self.ids}
 
-    def warn_if_not_split(self, step: str) -> None:
-        """A training file is the train.json of `ggn split`: one category, `object`. A file with several (the
-        source COCO file itself) makes the network learn every class, unseen ones included: said, with the
-        count, since the training goes on (training on every class is what `seen: all` asks for)."""
+    def check_training_file(self, step: str, warn: bool = True) -> None:
+        """A training file is the train.json of `ggn split`: one category, `object`. Its eval.json (unseen
+        objects marked) is refused; a file with several categories (the source COCO file itself) makes the
+        network learn every class, unseen ones included: said, with the count, since the training goes on
+        (training on every class is what `seen: all` asks for)."""
+        from ggn.annotations import refuse_evaluation_file
+
+        refuse_evaluation_file((a for i in self.ids for a in self.anns.get(i, [])), self.ann_file, step)
         names = [str(c.get("name")) for c in self.categories]
-        if len(names) > 1:
+        if warn and len(names) > 1:
             shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
             log.warning("%s: %s has %d categories (%s): it is not a training file of `ggn split`, so every one of "
                         "them is learned, unseen classes included; to hold classes out, train on the train.json "

@@ -262,7 +262,7 @@ class ShardParts:
 
 def _load_coco(path: Path) -> tuple[dict, str]:
     """The validated file (ggn.annotations: images required, annotations optional) and its content's hash."""
-    from ggn.annotations import log_counts, validate_coco
+    from ggn.annotations import log_counts, refuse_evaluation_file, validate_coco
 
     if not path.is_file():
         raise InputError(f"annotation file {path} does not exist; check --annotations")
@@ -273,6 +273,8 @@ def _load_coco(path: Path) -> tuple[dict, str]:
         raise InputError(f"annotation file {path} is not valid JSON ({e}); regenerate or fix it") from None
     coco, counts = validate_coco(coco, path, annotations=False, categories=False)
     log_counts(path, counts)
+    refuse_evaluation_file(coco.get("annotations") or [], path, "extraction (gt_iou, which keeps annotated objects "
+                           "out of the pseudo-GT)")
     return coco, hashlib.sha256(data).hexdigest()
 
 

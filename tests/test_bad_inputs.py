@@ -471,6 +471,8 @@ BOUND_CASES = [
     (["extract", "--checkpoint", "p.pt", "--annotations", "a.json", "--images", "i", "--out", "s.parquet",
       "--batch-size", "0"], r"--batch-size 0 is below its minimum 1.*extract.batch_size"),
     (["synth", "--out", "d", "--texture-period", "0", "4"], r"--texture-period 0.0 is not above 0"),
+    (["predict", "--checkpoint", "d.pt", "--annotations", "a.json", "--images", "i", "--out", "o.json",
+      "--batch-size", "0"], r"--batch-size 0 is below its minimum 1.*predict.batch_size"),
     (["rank-oln", "--shard", "s", "--checkpoint", "c", "--annotations", "a", "--images", "i", "--out", "o",
       "--pa-weight", "-1"], r"--pa-weight -1.0 is below its minimum 0"),
 ]
@@ -545,20 +547,26 @@ def test_training_file_or_an_annotation_file_as_pseudo_gt_is_refused_and_pseudo_
     assert any("pseudo-GT: 2 objects from" in r.getMessage() for r in caplog.records)
 
 
-def test_a_training_file_that_was_never_split_is_named_with_its_categories(tmp_path, caplog):
+def test_a_training_file_never_split_is_named_and_an_evaluation_file_refused(tmp_path, caplog):
     from ggn.coco_data import CocoInstances
 
     ann, img_dir = make_tiny_coco(tmp_path, num_images=3, size=32)
     with caplog.at_level("WARNING"):
-        CocoInstances(ann, img_dir).warn_if_not_split("train-detector")
+        CocoInstances(ann, img_dir).check_training_file("train-detector")
     assert any("2 categories (box, disc): it is not a training file of `ggn split`" in r.getMessage()
                for r in caplog.records)
     caplog.clear()
-    train, _ = split(json.loads(ann.read_text()), None, "box")
+    train, evaluation = split(json.loads(ann.read_text()), json.loads(ann.read_text()), "box")
     (tmp_path / "train.json").write_text(json.dumps(train))
     with caplog.at_level("WARNING"):
-        CocoInstances(tmp_path / "train.json", img_dir).warn_if_not_split("train-detector")
+        CocoInstances(tmp_path / "train.json", img_dir).check_training_file("train-detector")
     assert not caplog.records
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))  # unseen objects marked: refused for training
+    with pytest.raises(InputError, match=r"eval.json is an evaluation file of `ggn split`: \d+ of its annotations "
+                                         r"are unseen-class objects \(ignored_split 0\)"):
+        CocoInstances(tmp_path / "eval.json", img_dir).check_training_file("train-detector")
+    with pytest.raises(InputError, match="is an evaluation file of `ggn split`"):
+        extract._load_coco(tmp_path / "eval.json")
 
 
 def test_negative_box_sizes_and_string_image_ids_are_named(tmp_path):

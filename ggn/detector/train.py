@@ -221,8 +221,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.train_json}: none of its {len(dataset)} training images has an object (annotated "
                          "or pseudo-GT), so the detector would learn nothing; pass the train.json of `ggn split` "
                          "(and, for --variant ggn, the pseudo_gt.json of `ggn merge`)")
-    if is_main_process() and args.ground_truth:
-        dataset.base.warn_if_not_split("train-detector")
+    if args.ground_truth:
+        dataset.base.check_training_file("train-detector", warn=is_main_process())
     dataset.base.verify_images()  # every image readable and of its annotated size, before the first step
     config = model_config(args)
     model = build_detector(config).to(device)

@@ -186,8 +186,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
         if main:
             log.warning("%s: %d of %d images have no annotated object and are left out of PA training",
                         args.train_json, len(objects) - len(dataset), len(objects))
-    if main:
-        dataset.coco.warn_if_not_split("train-pa")
+    dataset.coco.check_training_file("train-pa", warn=main)
     dataset.coco.verify_images()  # every image readable and of its annotated size, before the first step
     # One sampler for both paths: a single process is rank 0 of 1, shuffled by (seed, epoch).
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
