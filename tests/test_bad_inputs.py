@@ -740,9 +740,9 @@ def test_predict_shrinks_a_huge_image_a_channel_at_a_time_to_the_same_network_in
     model = build_detector(detector_config(backbone="resnet18", fpn_channels=16, representation_size=32,
                                            mask_channels=16, min_size=40, max_size=64)).eval()
     image = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
-    plain = model.transform([predict._input_tensor(model, image, torch.device("cpu"))])[0]
+    plain = model.transform([predict.image_tensor(model, image, torch.device("cpu"))])[0]
     monkeypatch.setattr(predict, "LARGE_IMAGE_PIXELS", 0)
-    small = predict._input_tensor(model, image, torch.device("cpu"))
+    small = predict.image_tensor(model, image, torch.device("cpu"))
     assert small.shape[1:] == tuple(plain.image_sizes[0])  # already at the network's size
     shrunk = model.transform([small])[0]
     assert shrunk.image_sizes == plain.image_sizes

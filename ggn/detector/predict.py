@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def detect(model, images: list[np.ndarray], device: torch.device) -> list[dict[str, torch.Tensor]]:
     """Boxes (original resolution), scores and 28x28 mask probabilities per image; pasting is left to the caller
     so that full-resolution masks never exist for all detections at once."""
-    tensors = [_input_tensor(model, im, device) for im in images]
+    tensors = [image_tensor(model, im, device) for im in images]
     batch, _ = model.transform(tensors)
     features = model.backbone(batch.tensors)
     proposals, _ = model.rpn(batch, features)
@@ -70,7 +70,7 @@ def paste_crop(mask: torch.Tensor, box: torch.Tensor, height: int, width: int) -
     return crop.cpu().numpy(), top, left
 
 
-def _input_tensor(model, image: np.ndarray, device: torch.device) -> torch.Tensor:
+def image_tensor(model, image: np.ndarray, device: torch.device) -> torch.Tensor:
     """float [3,H,W] in [0,1]. A huge image is first shrunk to the size the model's transform resizes it to (its
     scale, mode and rounding), one channel at a time; the transform then leaves the size as it is."""
     pixels = torch.from_numpy(image)
