@@ -31,6 +31,9 @@ STEPS: dict[str, tuple[str, str]] = {
     "visualize": ("ggn.visualize", "PNG panels: image, potential, candidates, pseudo-GT, detections, seen/unseen GT"),
     "plot": ("ggn.plots", "AR@k curves of every variant and histograms of candidate scores and gt_iou (PNG)"),
     "table": ("ggn.table", "gather metrics of all experiments into results/table.{csv,md}"),
+    "import-reference": ("ggn.import_reference", "the authors' released mmdetection checkpoints (PA, GGN, OLN) -> ours"),
+    "import-pseudo": ("ggn.import_pseudo", "the authors' released pseudo-GT (merged COCO file or mask lists) -> a shard"),
+    "compare-pseudo": ("ggn.compare_pseudo", "share of the authors' kept pseudo-GT masks our candidates reproduce"),
     "recipe": ("ggn.recipe", "print the options each stage of a config's experiments receives (lr, batch, grouping)"),
 }
 

@@ -46,6 +46,8 @@ def add_arguments(parser) -> None:
     row.add_argument("--control", type=Path, nargs="+", help="metrics JSON of the control detector (pseudo-GT "
                                                               "grouped from the image gradient, no learned "
                                                               "affinity), one per seed")
+    row.add_argument("--authors", type=Path, nargs="+", help="metrics JSON of the authors' released detector "
+                     "(evaluation only, `reference.detector`): one file, shown beside ours")
     row.add_argument("--ggn-quality", type=Path, nargs="+", help="`ggn eval-pseudo` JSON of the PA network's "
                                                                   "pseudo-GT, one per seed")
     row.add_argument("--control-quality", type=Path, nargs="+",
@@ -120,7 +122,8 @@ def _put_difference(row: dict, column: str, a: list[float | None], b: list[float
 def make_row(experiment: str, baseline, ggn, pa=None, training: str = "", evaluation: str = "",
              top_k: int | None = None, paper_baseline: float | None = None, paper_ggn: float | None = None,
              paper_metric: str = "mask_AR@100", detector: str = "", ranking: str = "", control=None,
-             ggn_quality=None, control_quality=None, seeds: list[int] | None = None, checkpoints=None) -> dict:
+             ggn_quality=None, control_quality=None, seeds: list[int] | None = None, checkpoints=None,
+             authors=None) -> dict:
     """One experiment's row. Every metrics argument is a file or a list of files, one per seed (paired by
     position across variants); each metric becomes its mean over seeds, its standard deviation and the per-seed
     values, and each gain the mean paired difference with its 95% interval."""
@@ -158,6 +161,12 @@ def make_row(experiment: str, baseline, ggn, pa=None, training: str = "", evalua
             row[f"gain_{column}"] = None
         if f"control_{column}" in values and f"ggn_{column}" in values:
             _put_difference(row, f"gain_vs_control_{column}", values[f"ggn_{column}"], values[f"control_{column}"])
+    authors_paths = _paths(authors, 1, "--authors")  # evaluated once: no seed changes a released network
+    if authors_paths is not None:
+        metrics = read_json(authors_paths[0], "metrics file")
+        for column, iou_type, name in METRICS:  # a box-only detector (OLN-Box) has no segm metrics
+            row[f"authors_{column}"] = (_metric(metrics, authors_paths[0], iou_type, name)
+                                        if iou_type in metrics else None)
     if row.get("undefined"):
         log.warning("row %s: %s undefined (the evaluation set has no unseen object of that kind)", experiment,
                     ", ".join(row["undefined"]))
@@ -264,6 +273,9 @@ def render_markdown(rows: list[dict]) -> str:
     if with_control:  # baseline → control → GGN: what grouping the image adds, then what learning the affinity adds
         header[6:10] = [f"{h} (baseline → control → GGN)" for h in header[6:10]]
         header.insert(11, "gain (mask AR@100), GGN − control")
+    with_authors = any(r.get("authors_box_AR@100") is not None for r in rows)
+    if with_authors:
+        header.insert(len(header) - 1, "authors' model, our evaluation (box / mask AR@100)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         def pair(c):
@@ -287,6 +299,9 @@ def render_markdown(rows: list[dict]) -> str:
                  pair("mask_AR@100"), gain, paper]
         if with_control:
             cells.insert(11, gain_text(r, "gain_vs_control_mask_AR@100"))
+        if with_authors:
+            cells.insert(len(cells) - 1, f"{_fmt(r.get('authors_box_AR@100')) or '–'} / "
+                                         f"{_fmt(r.get('authors_mask_AR@100')) or '–'}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("AR in percent on unseen classes only (seen-class ground truth ignored), baseline → GGN "
@@ -299,6 +314,11 @@ def render_markdown(rows: list[dict]) -> str:
                  "detector there (ours keeps a mask head so that both are reported)."
                  + (" undef.: undefined, the evaluation set has no unseen object of that kind (COCOeval's -1)."
                     if any(r.get("undefined") for r in rows) else ""))
+    if with_authors:
+        lines.append("")
+        lines.append("Authors' model: the GGN detector the authors released (Generic-Grouping model zoo, CC-BY-NC 4.0), "
+                     "converted by `ggn import-reference` and evaluated once by this pipeline's `ggn predict` and "
+                     "`ggn evaluate` (docs/parity_ladder.md, rung a).")
     if with_control:
         lines.append("")
         lines.append("Control: the same grouping, merge and detector, with the affinity read off the image's colour "
@@ -406,7 +426,7 @@ def run(args) -> None:
         row = make_row(args.experiment, args.baseline, args.ggn, args.pa, args.training, args.evaluation,
                        args.top_k, args.paper_baseline, args.paper_ggn, args.paper_metric, args.detector,
                        args.ranking, args.control, args.ggn_quality, args.control_quality, args.seeds,
-                       args.checkpoints)
+                       args.checkpoints, authors=args.authors)
         atomic_write_json(args.out, row, indent=2)
         log.info("row %s (n = %d): mask AR@100 %s -> %s, gain %s (%s)", args.experiment, row["n"],
                  row["baseline_mask_AR@100"], row["ggn_mask_AR@100"], gain_text(row, "gain_mask_AR@100") or "-",

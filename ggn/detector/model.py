@@ -40,6 +40,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "representation_size": 1024,   # box-head MLP width
     "mask_channels": 256,          # mask-head conv width
     "mask_layers": 4,              # mask-head 3x3 convs (their cost x 1500 detections dominates CPU inference)
+    "mask_head": True,             # False: no mask branch, boxes only (the authors' OLN-Box, `ggn import-reference`)
     "anchor_sizes": [32, 64, 128, 256, 512],
     "min_size": 800,
     "max_size": 1333,
@@ -153,8 +154,11 @@ def build_detector(config: dict[str, Any]) -> MaskRCNN:
         from ggn.detector.oln import to_oln
 
         to_oln(model, representation_size=rep)
+    if not cfg["mask_head"]:  # torchvision's RoIHeads (and ours) skip the mask branch when it is None
+        model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
     for module in (model.roi_heads.mask_head, model.roi_heads.mask_predictor):
-        chunk_inference(module, MASK_CHUNK)
+        if module is not None:
+            chunk_inference(module, MASK_CHUNK)
     return model
 
 

@@ -224,6 +224,8 @@ class OlnRoIHeads(RoIHeads):
         if self.training:
             losses = self.box_losses(iou_logits, box_deltas, proposals, matched_idxs, labels,
                                      regression_targets, targets)
+            if self.mask_head is None:  # OLN-Box: boxes only
+                return [], losses
             pos = [torch.where(lab > 0)[0] for lab in labels]
             mask_proposals = [p[i] for p, i in zip(proposals, pos)]
             mask_logits = self.mask_logits(features, mask_proposals, image_shapes)
@@ -232,6 +234,8 @@ class OlnRoIHeads(RoIHeads):
             return [], losses
 
         result = self.detections(iou_logits, box_deltas, proposals, rpn_scores, image_shapes)
+        if self.mask_head is None:
+            return result, {}
         mask_logits = self.mask_logits(features, [r["boxes"] for r in result], image_shapes)
         for probs, r in zip(maskrcnn_inference(mask_logits, [r["labels"] for r in result]), result):
             r["masks"] = probs

@@ -90,13 +90,19 @@ def to_results(image_id: int, det: dict[str, torch.Tensor], height: int, width: 
     image: 400 MB a float mask, 40 GB the 100 masks pasted together before)."""
     boxes = det["boxes"].float()
     scores = det["scores"].float().cpu().tolist()
-    padded, scale = expand_masks(det["masks"].float(), padding=1)
-    expanded = expand_boxes(boxes, scale).to(dtype=torch.int64).cpu()
-    rles = [encode_crop(*paste_crop(m[0], b, height, width), height, width) for m, b in zip(padded, expanded)]
+    rles: list[dict | None] = [None] * len(boxes)  # a detector without mask branch (`mask_head: false`): boxes only
+    if "masks" in det:
+        padded, scale = expand_masks(det["masks"].float(), padding=1)
+        expanded = expand_boxes(boxes, scale).to(dtype=torch.int64).cpu()
+        rles = [encode_crop(*paste_crop(m[0], b, height, width), height, width) for m, b in zip(padded, expanded)]
     xywh = boxes.cpu().clone()
     xywh[:, 2:] -= xywh[:, :2]
-    return [{"image_id": int(image_id), "category_id": 1, "bbox": [round(float(v), 2) for v in b],
-             "segmentation": rle, "score": float(s)} for b, rle, s in zip(xywh.tolist(), rles, scores)]
+    results = [{"image_id": int(image_id), "category_id": 1, "bbox": [round(float(v), 2) for v in b],
+                "segmentation": rle, "score": float(s)} for b, rle, s in zip(xywh.tolist(), rles, scores)]
+    for r in results:
+        if r["segmentation"] is None:
+            del r["segmentation"]
+    return results
 
 
 def run(args: argparse.Namespace) -> int:

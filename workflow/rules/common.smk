@@ -59,6 +59,10 @@ for _name in EXPERIMENTS:
             )
     if "pa_checkpoint" in _exp and "pa_from" in _exp:
         raise ValueError(f"experiment {_name!r}: give pa_checkpoint (a file) or pa_from (an experiment), not both")
+    for _key, _path in _exp.get("reference", {}).items():
+        if not os.path.isfile(_path):
+            raise ValueError(f"experiment {_name!r}: reference.{_key} {_path} does not exist; download the authors' "
+                             "file and, for a checkpoint, convert it with `ggn import-reference` (docs/parity_ladder.md)")
 # Before any job: stage options known to their step, data paths that exist, a writable results folder.
 try:
     check_config(config, EXPERIMENTS)
@@ -68,12 +72,13 @@ except ConfigError as _error:
 
 wildcard_constraints:
     exp="|".join(map(re.escape, config["experiments"])),
-    variant="baseline|control|ggn",
+    variant="baseline|control|ggn|authors",
     seed=r"\d+",
     # A pseudo-GT folder: seed{s}/pseudo (the PA network of seed s), pseudo_control (the image gradient: no seed),
     # or, where no seed changes them, pseudo (a given pa_checkpoint); seed{s}/pseudo_control under Pseudo-OLN,
     # whose ranker is seed s's baseline detector.
-    pdir=r"(seed\d+/)?pseudo(_control)?",
+    # pseudo_reference: the authors' released pseudo-GT (reference.pseudo_gt), imported, never extracted.
+    pdir=r"(seed\d+/)?pseudo(_control|_reference)?",
     padir=r"(seed\d+/)?pa",  # seed{s}/pa: a trained PA network; pa: a given pa_checkpoint (evaluated once)
     shard=r"\d+",
     nshards=r"\d+",
@@ -180,9 +185,19 @@ def rank_flags(wildcards):
     return stage_flags(experiment(wildcards), "rank")
 
 
+REFERENCE_PSEUDO = "pseudo_reference"
+
+
+def reference_pseudo(name):
+    """The authors' released pseudo-GT file an experiment's ggn variant trains on, or None."""
+    return config["experiments"][name].get("reference", {}).get("pseudo_gt")
+
+
 def _shards(name, pdir):
     """An experiment's shards in its pseudo-GT folder `pdir` as merge reads them: the extracted ones, or their
-    Pseudo-OLN re-ranking (rank.by: oln)."""
+    Pseudo-OLN re-ranking (rank.by: oln), or the one `ggn import-pseudo` makes of the authors' file."""
+    if pdir == REFERENCE_PSEUDO:
+        return [f"{RESULTS}/{name}/{pdir}/shards/0-of-1.parquet"]
     n = num_shards(name)
     folder = "ranked" if config["experiments"][name]["rank"]["by"] == "oln" else "shards"
     return [f"{RESULTS}/{name}/{pdir}/{folder}/{i}-of-{n}.parquet" for i in range(n)]
@@ -211,6 +226,8 @@ def pa_trained(name):
 def pseudo_dir(name, variant, seed):
     """The pseudo-GT folder (under results/{name}/) of a variant's seed: seeded where a seed changes it (a trained
     PA network, or Pseudo-OLN's ranking by the seed's baseline detector), shared by all seeds otherwise."""
+    if variant == "ggn" and reference_pseudo(name):  # the authors' file: one for every seed
+        return REFERENCE_PSEUDO
     seeded = config["experiments"][name]["rank"]["by"] == "oln" or (variant == "ggn" and pa_trained(name))
     return f"seed{seed}/{PSEUDO_FOLDERS[variant]}" if seeded else PSEUDO_FOLDERS[variant]
 
@@ -267,7 +284,54 @@ def detector_path(name, seed, variant, file="checkpoint.pt"):
 
 
 def detector_checkpoint(wildcards):
+    if wildcards.variant == AUTHORS:
+        return authors_detector(wildcards.exp)
     return detector_path(models_source(wildcards.exp), wildcards.seed, wildcards.variant)
+
+
+# The evaluation-only variant: the authors' released detector (reference.detector, converted), predicted and
+# evaluated here once, in the folder of the experiment's first seed.
+AUTHORS = "authors"
+
+
+def authors_detector(name):
+    return config["experiments"][name].get("reference", {}).get("detector")
+
+
+def evaluate_flags(wildcards):
+    """`--iou-types bbox` for the authors' box-only detector (OLN-Box: `mask_head: false`), nothing otherwise."""
+    if wildcards.variant != AUTHORS:
+        return ""
+    from ggn.io import load_checkpoint
+
+    config = load_checkpoint(authors_detector(wildcards.exp), mmap=True).get("config", {})  # tensors never read
+    return "" if config.get("mask_head", True) else "--iou-types bbox"
+
+
+def uses_pa(name):
+    """Whether a row has a PA network (and its `ggn eval-pa` metrics): not when its pseudo-GT is the authors'."""
+    return not reference_pseudo(mining_source(name))
+
+
+def reference_pseudo_file(wildcards):
+    return reference_pseudo(wildcards.exp)
+
+
+def compare_reference_inputs(wildcards):
+    """Ladder rung (c): the first extraction shard of the given PA network (the authors', converted) and their
+    released pseudo-GT, on the same image list."""
+    exp = experiment(wildcards)
+    if not exp.get("pa_checkpoint") or not reference_pseudo(wildcards.exp):
+        raise ValueError(f"experiment {wildcards.exp!r}: comparing with the authors' pseudo-GT needs pa_checkpoint "
+                         "(their PA network, converted) and reference.pseudo_gt (their file); docs/parity_ladder.md")
+    n = num_shards(wildcards.exp)
+    return {"shard": f"{RESULTS}/{wildcards.exp}/pseudo/shards/0-of-{n}.parquet",
+            "released": reference_pseudo(wildcards.exp), "images_list": pseudo_annotations(wildcards)}
+
+
+def compare_reference_flags(wildcards):
+    merge = experiment(wildcards)["merge"]
+    return to_flags({"top_k": merge["top_k"], "gt_iou_max": merge["gt_iou_max"]})
 
 
 def pa_checkpoint_file(name, seed):
@@ -379,9 +443,11 @@ def row_inputs(wildcards):
     name = wildcards.exp
     exp = experiment(wildcards)
     seeds = seeds_of(name)
-    inputs = {"pa": pa_metrics_files(name)}
+    inputs = {"pa": pa_metrics_files(name)} if uses_pa(name) else {}
     for variant in exp["variants"]:
         inputs[variant] = [metrics_file(name, s, variant) for s in seeds]
+    if authors_detector(name):
+        inputs[AUTHORS] = [metrics_file(name, seeds[0], AUTHORS)]
     source = quality_source(name)
     for variant in _pseudo_variants(name):
         if source is not None:
@@ -393,8 +459,9 @@ def row_inputs(wildcards):
 
 
 def row_metric_flags(wildcards, input):
-    """--seeds, then --baseline/--control/--ggn metrics and --{variant}-quality files, one per seed."""
-    names = [*exp_variants(wildcards), *(f"{v}_quality" for v in PSEUDO_FOLDERS), "checkpoints"]
+    """--seeds, then --baseline/--control/--ggn metrics and --{variant}-quality files, one per seed; --authors (one
+    file, the evaluation-only variant) and --pa where the row has them."""
+    names = [*exp_variants(wildcards), AUTHORS, "pa", *(f"{v}_quality" for v in PSEUDO_FOLDERS), "checkpoints"]
     flags = ["--seeds " + " ".join(map(str, seeds_of(wildcards.exp)))]
     for name in names:
         if name in input.keys():
@@ -473,7 +540,8 @@ def figure_targets(name):
     if exp["targets"] != "table" or not _pseudo_variants(name):
         return []
     targets = [f"{RESULTS}/{name}/figures/ar_curves.png", f"{RESULTS}/{name}/figures/candidate_histograms.png"]
-    if "ggn" in exp["variants"] and "pseudo_data" not in config["experiments"][mining_source(name)]:
+    # panels draw the PA network's potential: none with the authors' pseudo-GT
+    if "ggn" in exp["variants"] and uses_pa(name) and "pseudo_data" not in config["experiments"][mining_source(name)]:
         targets.append(f"{RESULTS}/{name}/figures/panels")
     return targets
 

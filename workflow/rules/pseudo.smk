@@ -54,6 +54,51 @@ rule rank_oln:
         " {params.flags} > {log:q} 2>&1"
 
 
+ruleorder: import_pseudo > extract
+
+
+rule import_pseudo:
+    """The authors' released pseudo-GT (reference.pseudo_gt) as the one shard merge filters (top-k, gt_iou)."""
+    input:
+        released=reference_pseudo_file,
+        images_list=pseudo_annotations,
+    output:
+        shard=f"{RESULTS}/{{exp}}/{REFERENCE_PSEUDO}/shards/0-of-1.parquet",
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/{REFERENCE_PSEUDO}/import_pseudo.log",
+    threads: job_threads("merge")
+    resources:
+        mem_mb=job_resource("merge", "mem_mb"),
+        runtime=job_resource("merge", "runtime"),
+    shell:
+        "ggn import-pseudo --released {input.released:q} --annotations {input.images_list:q}"
+        " --out {output.shard:q} > {log:q} 2>&1"
+
+
+rule compare_reference:
+    """Ladder rung (c): the share of the authors' kept pseudo-GT masks that our grouping of their PA network
+    reproduces, on the images of the first extraction shard (docs/parity_ladder.md)."""
+    input:
+        unpack(compare_reference_inputs),
+    output:
+        comparison=f"{RESULTS}/{{exp}}/pseudo/compare_reference.json",
+    params:
+        flags=compare_reference_flags,
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        f"{RESULTS}/{{exp}}/logs/pseudo/compare_reference.log",
+    threads: job_threads("merge")
+    resources:
+        mem_mb=job_resource("merge", "mem_mb"),
+        runtime=job_resource("merge", "runtime"),
+    shell:
+        "ggn compare-pseudo --ours {input.shard:q} --theirs {input.released:q} --annotations {input.images_list:q}"
+        " --out {output.comparison:q} {params.flags} > {log:q} 2>&1"
+
+
 rule merge:
     input:
         shards=shard_files,

@@ -7,6 +7,8 @@ rule evaluate:
         eval=f"{RESULTS}/{{exp}}/data/eval.json",
     output:
         metrics=f"{RESULTS}/{{exp}}/seed{{seed}}/eval/{{variant}}.json",
+    params:
+        flags=evaluate_flags,
     conda:
         "../envs/ggn.yaml"
     log:
@@ -16,7 +18,8 @@ rule evaluate:
         mem_mb=job_resource("evaluate", "mem_mb"),
         runtime=job_resource("evaluate", "runtime"),
     shell:
-        "ggn evaluate --gt {input.eval:q} --detections {input.detections:q} --out {output.metrics:q} > {log:q} 2>&1"
+        "ggn evaluate --gt {input.eval:q} --detections {input.detections:q} --out {output.metrics:q} {params.flags}"
+        " > {log:q} 2>&1"
 
 
 rule row:
@@ -36,7 +39,7 @@ rule row:
         mem_mb=job_resource("row", "mem_mb"),
         runtime=job_resource("row", "runtime"),
     shell:
-        "ggn table row {params.metrics} --pa {input.pa:q} --out {output.row:q}"
+        "ggn table row {params.metrics} --out {output.row:q}"
         " {params.flags} > {log:q} 2>&1"
 
 
