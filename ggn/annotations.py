@@ -8,7 +8,8 @@ each with its test):
   positive height/width, a `file_name` leaving the image folder, duplicated image or category ids, an
   annotation on an image or of a category the file does not list, and a file whose objects have no masks at
   all (a box-only export: GGN learns from instance masks);
-- repaired, counted and logged: uncompressed RLE (converted to compressed), polygons with fewer than 3 points or
+- repaired, counted and logged: uncompressed RLE (converted to compressed), a polygon written flat (`[x, y, ...]`:
+  read as the one polygon it is), polygons with fewer than 3 points or
   an odd number of coordinates (that polygon dropped), a zero-area, missing, non-finite or out-of-image box
   (taken from the mask), a missing or non-positive area (the mask's), annotation ids 0, missing or duplicated
   (all renumbered from 1);
@@ -34,6 +35,8 @@ BACKGROUND_NAMES = frozenset({"_background_", "__background__", "__ignore__"})
 # Counters of `validate_coco`, with the words the log uses for them.
 REPAIRS = {
     "rle_converted": "uncompressed RLE masks converted to compressed RLE",
+    "flat_polygons": ("segmentations written as one flat polygon ([x, y, x, y, ...] without the enclosing list), "
+                      "read as that polygon"),
     "polygons_dropped": "polygons with fewer than 3 points or an odd number of coordinates dropped",
     "boxes_from_mask": "boxes missing, zero-area, non-finite or outside the image, taken from the mask",
     "areas_from_mask": "areas missing or not positive, taken from the mask",
@@ -64,6 +67,9 @@ def _mask_rle(seg: Any, height: int, width: int, counts: Counter) -> tuple[Any, 
     if not seg:
         counts["no_mask"] += 1
         return None, None
+    if isinstance(seg, list) and seg and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seg):
+        counts["flat_polygons"] += 1  # one polygon without its enclosing list: numbers cannot be anything else
+        seg = [seg]
     if isinstance(seg, list):
         polygons = [p for p in seg if _finite_numbers(p) and len(p) >= 6 and len(p) % 2 == 0]
         counts["polygons_dropped"] += len(seg) - len(polygons)
@@ -207,6 +213,17 @@ def validate_coco(data: Any, path: str | os.PathLike, *, annotations: bool = Tru
         counts["ids_renumbered"] = renumber_ids(anns, path, quiet=True)
     out["annotations"] = anns
     return out, {k: v for k, v in counts.items() if v}
+
+
+def refuse_evaluation_file(annotations, path: str | os.PathLike, role: str) -> None:
+    """Refuse the eval.json of `ggn split` where a training or mining file belongs: its annotations marked
+    `ignored_split` 0 are the unseen objects the evaluation holds out (learning them, or counting them as
+    already annotated, would leak the evaluation into training)."""
+    unseen = sum(1 for a in annotations if isinstance(a, dict) and a.get("ignored_split") == 0)
+    if unseen:
+        raise InputError(f"{path} is an evaluation file of `ggn split`: {unseen} of its annotations are unseen-class "
+                         f"objects (ignored_split 0) that the evaluation holds out, and {role} would use them; pass "
+                         "the train.json of `ggn split` (or the source file of the images)")
 
 
 def log_counts(path: str | os.PathLike, counts: dict, total: int | None = None) -> None:

@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from ggn.bounds import check_options
 from ggn.images import ImageError
 from ggn.io import InputError, check_writable, setup_logging
 
@@ -46,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def close_progress_bars() -> None:
+    """Close every tqdm bar still drawn (a step stopped inside its loop)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = build_parser()
@@ -69,13 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    check_options(step, args, parser)  # the bounds the config schema gives the same options
     args._argv = rest  # the step's own arguments, for steps that relaunch themselves as several processes
     setup_logging(verbose or args.verbose)
     for name in OUTPUT_OPTIONS:
         if getattr(args, name, None):
             check_writable(getattr(args, name), f"--{name.replace('_', '-')}")
     try:
-        result = module.run(args)
+        try:
+            result = module.run(args)
+        except BaseException:
+            close_progress_bars()  # the error Python prints next then starts a line of its own, not the bar's
+            raise
     except ImageError as e:  # an image that broke after the up-front checks (a training step): no traceback
         message = str(e).strip().splitlines()[-1]  # a DataLoader worker re-raises it with its traceback inside
         raise InputError(f"{message.removeprefix('ggn.images.ImageError: ')}; fix or remove that image, then run "

@@ -39,6 +39,7 @@ class CocoInstances(torch.utils.data.Dataset):
         self.image_root = Path(image_root)
         coco, _ = load_coco(self.ann_file, "annotation file", annotations=with_annotations, categories=False)
         self.images = {img["id"]: img for img in coco["images"]}
+        self.categories = [c for c in coco.get("categories") or [] if isinstance(c, dict)]
         self.anns = index_annotations(coco["annotations"] if with_annotations else [])
         self.ids = list(image_ids) if image_ids is not None else sorted(self.images)
         if not self.image_root.is_dir():
@@ -51,6 +52,26 @@ class CocoInstances(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def objects_per_image(self) -> dict[int, int]:
+        """Non-crowd annotations with a segmentation on each used image (crowd regions teach nothing: ignored)."""
+        return {i: sum(1 for a in self.anns.get(i, []) if a.get("segmentation") and not a.get("iscrowd", 0))
+                for i in self.ids}
+
+    def check_training_file(self, step: str, warn: bool = True) -> None:
+        """A training file is the train.json of `ggn split`: one category, `object`. Its eval.json (unseen
+        objects marked) is refused; a file with several categories (the source COCO file itself) makes the
+        network learn every class, unseen ones included: said, with the count, since the training goes on
+        (training on every class is what `seen: all` asks for)."""
+        from ggn.annotations import refuse_evaluation_file
+
+        refuse_evaluation_file((a for i in self.ids for a in self.anns.get(i, [])), self.ann_file, step)
+        names = [str(c.get("name")) for c in self.categories]
+        if warn and len(names) > 1:
+            shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+            log.warning("%s: %s has %d categories (%s): it is not a training file of `ggn split`, so every one of "
+                        "them is learned, unseen classes included; to hold classes out, train on the train.json "
+                        "of `ggn split --seen ...`", step, self.ann_file, len(names), shown)
 
     def image_path(self, image_id: int) -> Path:
         return image_path(self.image_root, self.images[image_id]["file_name"])

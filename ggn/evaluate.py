@@ -5,6 +5,7 @@ import argparse
 import logging
 import math
 import os
+import re
 from array import array
 from collections import defaultdict
 from pathlib import Path
@@ -67,7 +68,21 @@ def _iter_detections(detections: list | str | os.PathLike):
         try:
             yield from ijson.items(f, "item", use_float=True)
         except ijson.JSONError as e:
-            raise InputError(f"detections {path} is not valid JSON ({e}); truncated? predict again") from None
+            raise InputError(_json_error_hint(path, e)) from None
+
+
+def _json_error_hint(path: Path, error: Exception) -> str:
+    """What a JSON error in a detections file means: non-finite numbers (Python's json writes NaN and Infinity,
+    which JSON has not), a cut file, or another fault."""
+    text = " ".join(str(error).split())
+    if re.search(r'(?<![\w"])(NaN|-?Infinity)(?![\w"])', text):
+        return (f"detections {path} is not valid JSON: it holds NaN or Infinity, which JSON has not (Python's json "
+                "writes them for non-finite numbers): the detector's scores or boxes are not finite, so it diverged; "
+                f"retrain it (lower --lr), then predict again ({text:.200})")
+    if "premature EOF" in text or "Incomplete JSON" in text:
+        return (f"detections {path} is not valid JSON: it ends in the middle, so the file is truncated (a copy or "
+                f"a write cut short); predict again ({text:.200})")
+    return f"detections {path} is not valid JSON ({text:.200}); regenerate it with `ggn predict`"
 
 
 def _prepare_gt(data: dict, source: str,
@@ -104,6 +119,11 @@ def _prepare_gt(data: dict, source: str,
         if a["image_id"] not in images:
             raise InputError(f"{source}: annotation {a.get('id')} refers to image {a['image_id']}, "
                              "which is not in 'images'")
+        box = a["bbox"]
+        if not (isinstance(box, list) and len(box) == 4) or min(box[2], box[3]) < 0:
+            raise InputError(f"{source}: annotation {a.get('id')} has bbox {box!r:.80}; it must be [x, y, width, "
+                             "height] with width and height >= 0 (corners [x1, y1, x2, y2] convert as [x1, y1, "
+                             "x2 - x1, y2 - y1])")
         c = {
             "id": (i + 1) if bad else a["id"],
             "image_id": a["image_id"],
@@ -152,7 +172,7 @@ def _read_detections(detections, images: dict[int, dict], iou_types) -> _Detecti
     columnar. Polygons and uncompressed RLE are compressed; a missing box is taken from the mask."""
     need_segm = "segm" in iou_types
     store = _Detections(keep_masks=need_segm)
-    total = missing_images = non_finite = 0
+    total = missing_images = non_finite = string_ids = negative_boxes = 0
     for d in _iter_detections(detections):
         total += 1
         try:
@@ -166,7 +186,10 @@ def _read_detections(detections, images: dict[int, dict], iou_types) -> _Detecti
             continue
         img = images.get(image_id)
         if img is None:
-            missing_images += 1
+            if isinstance(image_id, str) and image_id.strip().lstrip("-").isdigit() and int(image_id) in images:
+                string_ids += 1  # "12" for 12: the writer quoted the ids
+            else:
+                missing_images += 1
             continue
         if "bbox" not in d and "segmentation" not in d:
             raise InputError(f"detection {d!r:.200} has neither 'bbox' nor 'segmentation'")
@@ -192,6 +215,8 @@ def _read_detections(detections, images: dict[int, dict], iou_types) -> _Detecti
             box = d["bbox"]
             if not (isinstance(box, list) and len(box) == 4):
                 raise InputError(f"detection {d!r:.200}: 'bbox' must be [x, y, width, height]")
+            if min(box[2], box[3]) < 0:
+                negative_boxes += 1
         else:
             box = mask_utils.toBbox(ann_to_rle(rle, img["height"], img["width"])).tolist()
         store.image_ids.append(image_id)
@@ -203,6 +228,13 @@ def _read_detections(detections, images: dict[int, dict], iou_types) -> _Detecti
     if non_finite:
         raise InputError(f"{non_finite} of {total} detections have a NaN or infinite score: the detector "
                          "diverged or the file is damaged; retrain (or predict again) rather than rank them")
+    if string_ids:
+        raise InputError(f"{string_ids} of {total} detections give their image_id as a string (e.g. \"12\") where "
+                         "the ground truth has the number 12: COCO results use integer ids; write them as numbers")
+    if negative_boxes:
+        raise InputError(f"{negative_boxes} of {total} detections have a box of negative width or height: 'bbox' "
+                         "must be [x, y, width, height] with width and height >= 0 (corners [x1, y1, x2, y2] "
+                         "convert as [x1, y1, x2 - x1, y2 - y1], with x1 <= x2)")
     if missing_images:
         raise InputError(f"{missing_images} of {total} detections refer to images that are not in the ground "
                          "truth: the detections were made for another evaluation set; predict on --gt's images")

@@ -56,6 +56,9 @@ SHARD_SCHEMA = pa.schema([
 ])
 
 # Keys of the parquet key-value metadata of each part file (and of the finished shard).
+# Network inputs above this many pixels are skipped (counted): the PA network's and the grouping's memory grows
+# with the input (native resolution, as the paper rows run, of a 10000 x 10000 photo would need tens of GB).
+MAX_INPUT_PIXELS = 4096 * 4096
 META_DONE = b"ggn.done_image_ids"
 META_SKIPPED = b"ggn.skipped"
 META_SECONDS = b"ggn.seconds"
@@ -127,16 +130,25 @@ def candidate_rows(image_id: int, masks: np.ndarray, scores: np.ndarray, height:
 
     Candidates that vanish when resized to the original size are dropped; ranks stay consecutive.
     """
-    full = resize_masks(np.asarray(masks, dtype=bool), height, width)
-    keep = full.reshape(len(full), -1).any(axis=1) if len(full) else np.zeros(0, bool)
-    full, scores = full[keep], np.asarray(scores, dtype=np.float32)[keep]
-    n = len(full)
+    # One mask at a time at the original size: on a 10000 x 10000 image each is 100 MB (400 MB while resized),
+    # so the candidates of an image are never all there at once.
+    masks = np.asarray(masks, dtype=bool)
+    rles, area_list, keep = [], [], []
+    for i in range(len(masks)):
+        full = resize_masks(masks[i:i + 1], height, width)[0]
+        area = int(np.count_nonzero(full))  # mask_utils.area overflows on >255 masks with numpy 2.5
+        if area:
+            keep.append(i)
+            area_list.append(area)
+            rles.append(mask_utils.encode(np.asfortranarray(full.astype(np.uint8))))
+        del full
+    scores = np.asarray(scores, dtype=np.float32)[keep]
+    n = len(rles)
     rows: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
     if n == 0:
         return rows
-    rles = mask_utils.encode(np.asfortranarray(full.transpose(1, 2, 0).astype(np.uint8)))
     boxes = mask_utils.toBbox(rles)
-    areas = full.reshape(n, -1).sum(axis=1)  # mask_utils.area overflows on >255 masks with numpy 2.5
+    areas = np.asarray(area_list, dtype=np.int64)
     if gt is None:
         gt_iou: list[float | None] = [None] * n
     elif len(gt[0]) == 0:
@@ -250,7 +262,7 @@ class ShardParts:
 
 def _load_coco(path: Path) -> tuple[dict, str]:
     """The validated file (ggn.annotations: images required, annotations optional) and its content's hash."""
-    from ggn.annotations import log_counts, validate_coco
+    from ggn.annotations import log_counts, refuse_evaluation_file, validate_coco
 
     if not path.is_file():
         raise InputError(f"annotation file {path} does not exist; check --annotations")
@@ -261,6 +273,8 @@ def _load_coco(path: Path) -> tuple[dict, str]:
         raise InputError(f"annotation file {path} is not valid JSON ({e}); regenerate or fix it") from None
     coco, counts = validate_coco(coco, path, annotations=False, categories=False)
     log_counts(path, counts)
+    refuse_evaluation_file(coco.get("annotations") or [], path, "extraction (gt_iou, which keeps annotated objects "
+                           "out of the pseudo-GT)")
     return coco, hashlib.sha256(data).hexdigest()
 
 
@@ -279,7 +293,8 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
                   input_size: int | None = None,
                   batch_size: int = 8, flush_every: int = 64, device: str = "auto", top_k: int = 20,
                   propose_params: dict | None = None, grouping: str = "paper", max_images: int | None = None,
-                  no_gt: bool = False, workers: int = 0, after_flush: Callable[[Path], None] | None = None) -> dict:
+                  no_gt: bool = False, workers: int = 0, after_flush: Callable[[Path], None] | None = None,
+                  max_input_pixels: int = MAX_INPUT_PIXELS) -> dict:
     """Run one shard to completion (resuming if a parts folder exists) and return its summary.
 
     `after_flush(part_path)` is called after every flushed part (tests use it to simulate a kill).
@@ -326,7 +341,8 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
         ids = ids[:max_images]
     settings = {"checkpoint": file_sha256(checkpoint) if checkpoint is not None else affinity,
                 "annotations": coco_sha, "shard": shard, "num_shards": num_shards, "input_size": input_size,
-                "top_k": top_k, "propose_params": propose_params, "max_images": max_images, "no_gt": no_gt}
+                "top_k": top_k, "propose_params": propose_params, "max_images": max_images, "no_gt": no_gt,
+                **({"max_input_pixels": max_input_pixels} if max_input_pixels != MAX_INPUT_PIXELS else {})}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     parts = ShardParts(out, fingerprint)
     todo = [i for i in ids if i not in parts.done]
@@ -339,7 +355,7 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
     if todo:
         _run_images(todo, gt, images, checkpoint, parts, input_size=input_size, batch_size=batch_size,
                     flush_every=flush_every, device=device, top_k=top_k, params=propose_params,
-                    workers=workers, after_flush=after_flush,
+                    workers=workers, after_flush=after_flush, max_input_pixels=max_input_pixels,
                     progress=tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img",
                                   desc=f"extract {shard}-of-{num_shards}", dynamic_ncols=True))
 
@@ -373,18 +389,20 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
 
 def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: Path | None, parts: ShardParts, *,
                 input_size: int | None, batch_size: int, flush_every: int, device: str, top_k: int,
-                params: dict, workers: int, after_flush, progress) -> None:
+                params: dict, workers: int, after_flush, progress, max_input_pixels: int = 0) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from ggn.io import pick_device
-    from ggn.pa.model import inference_size, load_pa_model, predict_affinity
+    from ggn.pa.model import inference_size, load_pa_model, predict_affinity, resized_shape
 
     if checkpoint is None:  # the no-learning control: affinity from the image gradient
         from ggn.control import gradient_affinity
 
         def affinities_of(batch: list[np.ndarray]) -> list[np.ndarray]:
             return [gradient_affinity(im, input_size) for im in batch]
+
+        net_size = input_size or 0
 
         log.info("image-gradient affinity (no network), input size %s, %d grouping workers",
                  input_size or "native", workers)
@@ -397,13 +415,25 @@ def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: 
         def affinities_of(batch: list[np.ndarray]) -> list[np.ndarray]:
             return predict_affinity(model, batch, config, dev, input_size=input_size, batch_size=batch_size)
 
+        net_size = inference_size(config, input_size)
+
     # Grouping is CPU work: a process pool lets it run beside the GPU's next batch.
     pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             if workers > 0 else None)
     reader = ThreadPoolExecutor(1)  # decodes the next batch while this one is on the GPU
 
+    def too_large(info: dict) -> str | None:
+        """Why an image is too large for the network's input (memory grows with it), from its annotated size."""
+        h, w = resized_shape(int(info["height"]), int(info["width"]), net_size)
+        if max_input_pixels and h * w > max_input_pixels:
+            return (f"image {info.get('file_name')} is {info['width']}x{info['height']}: its network input "
+                    f"({w}x{h}{', native resolution' if not net_size else ''}) has more pixels than "
+                    f"--max-input-pixels {max_input_pixels}; pass --input-size (long side) to shrink such images, or "
+                    "raise --max-input-pixels where memory allows")
+        return None
+
     def load(batch_ids: list[int]) -> list[tuple[int, np.ndarray | str]]:
-        return [(i, _read(image_root, gt.infos[i])) for i in batch_ids]
+        return [(i, too_large(gt.infos[i]) or _read(image_root, gt.infos[i])) for i in batch_ids]
 
     try:
         for c0 in range(0, len(todo), flush_every):
@@ -509,6 +539,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-gt", action="store_true", help="do not compute gt_iou (column left null)")
     parser.add_argument("--workers", type=int, default=0,
                         help="processes for grouping beside the GPU (0: in this process)")
+    parser.add_argument("--max-input-pixels", type=int, default=MAX_INPUT_PIXELS,
+                        help="skip (and count) images whose network input has more pixels than this: memory grows "
+                             "with them (0: no limit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -516,5 +549,6 @@ def run(args: argparse.Namespace) -> int:
                   affinity=args.affinity, input_size=args.input_size, batch_size=args.batch_size, flush_every=args.flush_every,
                   device=args.device, top_k=args.top_k, propose_params=parse_propose_params(args.propose_params),
                   grouping=args.grouping,
-                  max_images=args.max_images, no_gt=args.no_gt, workers=args.workers)
+                  max_images=args.max_images, no_gt=args.no_gt, workers=args.workers,
+                  max_input_pixels=args.max_input_pixels)
     return 0

@@ -15,8 +15,10 @@ What it does with the images real datasets hold (docs/bad_inputs.md lists each w
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -94,6 +96,36 @@ def _decode(im) -> np.ndarray:
     return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy needs one
 
 
+@functools.lru_cache(maxsize=8)
+def _names_by_key(folder: str) -> dict[str, list[str]]:
+    """A folder's file names by their NFC form, case folded (listed once per folder: COCO's has 118k)."""
+    out: dict[str, list[str]] = {}
+    try:
+        for name in os.listdir(folder):
+            out.setdefault(unicodedata.normalize("NFC", name).casefold(), []).append(name)
+    except OSError:
+        pass
+    return out
+
+
+def missing_hint(path: str | os.PathLike) -> str:
+    """Why a missing image may be there after all: its name on disk in another Unicode normalisation (macOS
+    writes NFD, JSON files usually hold NFC) or another case; "" when nothing like it is in its folder."""
+    path = Path(path)
+    near = [n for n in _names_by_key(str(path.parent)).get(unicodedata.normalize("NFC", path.name).casefold(), [])
+            if n != path.name]
+    if not near:
+        return ""
+    other = near[0]
+    if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", path.name):
+        form = "NFD" if unicodedata.is_normalized("NFD", other) else "another form"
+        return (f"; the folder has {other!a}, the same name in another Unicode normalisation ({form} on disk, "
+                f"{'NFC' if unicodedata.is_normalized('NFC', path.name) else 'another form'} in the annotation "
+                "file, as when files were copied from macOS): rename the files to NFC (e.g. `convmv -r -f utf8 "
+                "-t utf8 --nfc --notest FOLDER`) or write file_name as it is on disk")
+    return f"; the folder has {other!r}, which differs in case: fix file_name or the file's name"
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """RGB uint8 [H,W,3] with the EXIF orientation applied; `ImageError` (naming the file) when unusable."""
     from PIL import Image, UnidentifiedImageError
@@ -103,7 +135,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as im:
             return _decode(im)
     except FileNotFoundError:
-        raise ImageError(f"image {path} does not exist") from None
+        raise ImageError(f"image {path} does not exist{missing_hint(path)}") from None
     except UnidentifiedImageError:
         raise ImageError(f"image {path} is not an image format PIL can read (empty, garbage or another kind "
                          "of file)") from None
@@ -162,7 +194,7 @@ def read_header(path: str | os.PathLike) -> tuple[int, int, int] | str:
                 if not _complete(f, im.format, size):
                     im.load()  # raises on a cut file; a file with trailing bytes decodes and is kept
     except FileNotFoundError:
-        return "file does not exist"
+        return f"file does not exist{missing_hint(path)}"
     except Image.UnidentifiedImageError:
         return "not an image format PIL can read (garbage, or another kind of file)"
     except Exception as e:  # PIL raises many types for damaged or truncated files

@@ -40,17 +40,71 @@ class TrainingDiverged(SystemExit):
         super().__init__(f"error: {message}")
 
 
+class ProgressBarSafeHandler(logging.StreamHandler):
+    """Log records written through tqdm.write, to the stream (stderr) as it is at each record: a message
+    logged while a progress bar is drawn gets a line of its own above the bar instead of being printed onto
+    the bar's line (and the bar is redrawn below it)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):  # the current sys.stderr (pytest and callers may swap it), as StreamHandler reads once
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    handler = ProgressBarSafeHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    logging.captureWarnings(True)  # library warnings (torch, PIL) too go above the bar, not onto it
+
+
+def _umask() -> int:
+    """The process's umask: from /proc on Linux (reading it there changes nothing, so threads writing files at
+    the same moment are unaffected), else by setting and restoring it, the only way POSIX offers."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(folder: bool = False) -> int:
+    """The mode a plain open() (0666) or mkdir() (0777) gives under the process's umask."""
+    return (0o777 if folder else 0o666) & ~_umask()
 
 
 def _atomic_open(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600 files; the output gets the mode a plain open() would give (0666 less the umask), so
+    # that collaborators on a shared cluster can read the results as they can read any other file the user writes
+    try:
+        os.fchmod(fd, plain_mode())
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
     return fd, Path(tmp)
 
 
@@ -133,6 +187,8 @@ def _json_default(o: Any):
         return o.tolist()
     if isinstance(o, bytes):
         return o.decode("ascii")
+    if isinstance(o, os.PathLike):  # parsed options (`type=Path`) as the command line gave them
+        return os.fspath(o)
     raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
 
 

@@ -44,3 +44,31 @@ def rle_to_json(rle: dict) -> dict:
     if isinstance(out["counts"], bytes):
         out["counts"] = out["counts"].decode("ascii")
     return out
+
+
+def encode_crop(crop: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
+    """JSON-ready compressed RLE of a [height,width] mask that is empty outside `crop` (boolean [h,w], its top-left
+    pixel at (top, left)): the same RLE as `encode_mask` of the full mask, made from the band of columns the crop
+    spans, so that a mask on a huge image never exists at full size."""
+    h, w = crop.shape
+    if h == 0 or w == 0 or not crop.any():
+        counts = [height * width]
+    else:
+        if not (0 <= top and top + h <= height and 0 <= left and left + w <= width):
+            raise ValueError(f"crop {h}x{w} at ({top}, {left}) leaves the {height}x{width} mask")
+        band = np.zeros((height, w), dtype=bool, order="F")
+        band[top:top + h] = crop
+        flat = band.ravel(order="F")  # COCO RLE runs down the columns
+        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        counts = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+        if flat[0]:
+            counts.insert(0, 0)  # runs start with background
+        counts[0] += left * height  # the empty columns before the band
+        trailing = (width - left - w) * height
+        if trailing:
+            if len(counts) % 2:  # the band ends in background: one run with the empty columns after it
+                counts[-1] += trailing
+            else:
+                counts.append(trailing)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return rle_to_json(rle)

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from ggn.annotations import validate_coco
 from ggn.extract import SHARD_SCHEMA
-from ggn.io import DiskFullError, InputError, atomic_open, atomic_write_json, file_sha256, is_disk_full, read_json
+from ggn.io import DiskFullError, InputError, atomic_open, atomic_write_json, file_sha256, is_disk_full, plain_mode, read_json
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,7 @@ class StoreWriter:
         self.num_partitions = num_partitions
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        self.tmp.chmod(plain_mode(folder=True))  # mkdtemp's 0700 would hide the store from collaborators
         self.spill_dir = self.tmp / "spill"
         self.spill_dir.mkdir()
         self.buffers: dict[int, list[pa.Table]] = {}

@@ -57,8 +57,9 @@ IOU_CHUNK = 64   # candidate boxes per anchor-IoU block (memory: chunk x anchors
 def oln_box_scores(model, image: np.ndarray, boxes: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(box_score, centerness) of xyxy `boxes` (original image coordinates) under an OLN detector."""
     from ggn.detector.oln import flatten_levels
+    from ggn.detector.predict import image_tensor
 
-    tensor = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255)
+    tensor = image_tensor(model, image, device)  # a huge image shrunk a channel at a time, as predict does
     batch, _ = model.transform([tensor])
     features = model.backbone(batch.tensors)
     resized = batch.image_sizes[0]

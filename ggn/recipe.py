@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ggn.bounds import check_options
 from ggn.io import InputError, atomic_write_json, load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +100,9 @@ def parse_step(step: str, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"ggn {step}", exit_on_error=False)
     module.add_arguments(parser)
     try:
-        return parser.parse_args(argv)
+        args = parser.parse_args(argv)
+        check_options(step, args, parser)
+        return args
     except (argparse.ArgumentError, SystemExit) as e:
         raise InputError(f"ggn {step} refuses the flags {' '.join(argv)!r}: {e}") from None
 

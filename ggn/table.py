@@ -386,8 +386,25 @@ def render_html(markdown: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def read_row(path: Path) -> dict:
+    """A row JSON of `ggn table row`; another file in its place (a metrics file of `ggn evaluate`, a quality file
+    of `ggn eval-pseudo`) is refused, saying what it is."""
+    row = read_json(path, "table row")
+    needed = ["experiment", "n"] + [f"gain_{c}" for c, _, _ in METRICS]
+    missing = [k for k in needed if not isinstance(row, dict) or k not in row]
+    if missing:
+        keys = list(row)[:6] if isinstance(row, dict) else []
+        what = ("a metrics file of `ggn evaluate`" if {"bbox", "segm"} & set(keys) else
+                "a pseudo-GT quality file of `ggn eval-pseudo`" if "recall" in keys else
+                f"not a table row (its keys: {', '.join(map(str, keys)) or type(row).__name__})")
+        raise InputError(f"--rows {path} is {what}, not a row of `ggn table row` (it lacks {', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}); pass the row JSON that `ggn table row --out` "
+                         "wrote, or make one from the metrics files with `ggn table row`")
+    return row
+
+
 def gather(rows: list[Path], csv_path: Path, md_path: Path, html_path: Path | None = None) -> list[dict]:
-    table = [read_json(p, "table row") for p in rows]
+    table = [read_row(p) for p in rows]
     columns: list[str] = []
     for r in table:
         columns += [c for c in r if c not in columns]

@@ -432,3 +432,318 @@ def test_unwritable_output_folder_is_refused_before_the_step_runs(tmp_path):
         with pytest.raises(InputError, match="--out .*(cannot write in|is a file, not a folder)"):
             cli_main(["evaluate", "--gt", str(tmp_path / "none.json"), "--detections", str(tmp_path / "none.json"),
                       "--out", out])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Third round (issue 20): silent results, files in the wrong role, files others can read, huge images
+
+
+def test_atomic_writes_keep_the_mode_a_plain_open_gives_under_the_umask(tmp_path):
+    import os
+
+    from ggn.io import atomic_write_json
+    from ggn.merge import StoreWriter
+
+    old = os.umask(0o022)
+    try:
+        for mask in (0o022, 0o002, 0o077):
+            os.umask(mask)
+            atomic_write_json(tmp_path / f"row{mask:o}.json", {"a": 1})
+            (tmp_path / f"plain{mask:o}").write_text("x")
+            modes = [(tmp_path / f"{name}{mask:o}{ext}").stat().st_mode & 0o777 for name, ext in
+                     (("row", ".json"), ("plain", ""))]
+            assert modes == [0o666 & ~mask] * 2
+            store = StoreWriter(tmp_path / f"store{mask:o}")
+            assert store.tmp.stat().st_mode & 0o777 == 0o777 & ~mask  # mkdtemp alone gives 0700
+    finally:
+        os.umask(old)
+
+
+BOUND_CASES = [
+    (["merge", "--shards", "s.parquet", "--annotations", "a.json", "--out", "p.json", "--gt-iou-max", "5"],
+     r"--gt-iou-max 5.0 is above its maximum 1.*merge.gt_iou_max"),
+    (["train-pa", "--train-json", "t.json", "--images", "i", "--out", "o.pt", "--epochs", "-1"],
+     r"--epochs -1 is below its minimum 1.*pa.epochs"),
+    (["train-detector", "--train-json", "t.json", "--images", "i", "--out", "o.pt", "--epochs", "0"],
+     r"--epochs 0 is below its minimum 1.*detector.epochs"),
+    (["train-detector", "--train-json", "t.json", "--images", "i", "--out", "o.pt", "--lr", "0"],
+     r"--lr 0.0 is not above 0.*detector.lr"),
+    (["extract", "--checkpoint", "p.pt", "--annotations", "a.json", "--images", "i", "--out", "s.parquet",
+      "--batch-size", "0"], r"--batch-size 0 is below its minimum 1.*extract.batch_size"),
+    (["synth", "--out", "d", "--texture-period", "0", "4"], r"--texture-period 0.0 is not above 0"),
+    (["predict", "--checkpoint", "d.pt", "--annotations", "a.json", "--images", "i", "--out", "o.json",
+      "--batch-size", "0"], r"--batch-size 0 is below its minimum 1.*predict.batch_size"),
+    (["rank-oln", "--shard", "s", "--checkpoint", "c", "--annotations", "a", "--images", "i", "--out", "o",
+      "--pa-weight", "-1"], r"--pa-weight -1.0 is below its minimum 0"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BOUND_CASES, ids=[c[0][0] + " " + c[0][-2] for c in BOUND_CASES])
+def test_the_command_line_refuses_what_the_config_schema_refuses(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli_main(argv)
+    assert stop.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_command_line_bounds_are_the_schemas_and_every_one_reaches_its_step():
+    """One set of bounds: read from the schema, and each names an option its step really has (a renamed option
+    would otherwise leave its bound unchecked)."""
+    import yaml
+
+    from ggn.bounds import SCHEMA, STEP_BLOCKS, option_bounds
+    from ggn.config_check import _options
+
+    schema = yaml.safe_load(SCHEMA.read_text())["$defs"]["experiment"]["properties"]
+    assert option_bounds("merge")["gt_iou_max"] == {"minimum": 0, "maximum": 1} == {
+        k: schema["merge"]["properties"]["gt_iou_max"][k] for k in ("minimum", "maximum")}
+    for step, block in STEP_BLOCKS.items():
+        bounded = set(option_bounds(step))
+        assert bounded, step
+        assert bounded - {"num_shards"} <= _options(step), (step, bounded - _options(step))
+
+
+def test_pa_training_on_images_without_annotations_stops_before_a_checkpoint(tmp_path):
+    ann, img_dir = make_tiny_coco(tmp_path, num_images=2, size=32)
+    coco = json.loads(ann.read_text())
+    coco["annotations"] = [dict(a, iscrowd=1) for a in coco["annotations"][:1]]  # a crowd region teaches nothing
+    (tmp_path / "none.json").write_text(json.dumps(coco))
+    out = tmp_path / "pa" / "checkpoint.pt"
+    with pytest.raises(InputError, match="none of its 2 images has an annotated object .* would learn nothing"):
+        cli_main(["train-pa", "--train-json", str(tmp_path / "none.json"), "--images", str(img_dir), "--out",
+                  str(out), "--backbone", "resnet18", "--fpn-dim", "16", "--ppm-dim", "16", "--input-size", "32",
+                  "--workers", "0", "--epochs", "1"])
+    assert not out.parent.exists() or not any(out.parent.rglob("*.pt"))
+
+
+def test_detector_training_without_any_object_stops_before_a_checkpoint(tmp_path):
+    ann, img_dir = make_tiny_coco(tmp_path, num_images=2, size=32)
+    coco = json.loads(ann.read_text())
+    coco["annotations"] = []
+    (tmp_path / "none.json").write_text(json.dumps(coco))
+    out = tmp_path / "det" / "checkpoint.pt"
+    with pytest.raises(InputError, match="none of its 2 training images has an object .* would learn nothing"):
+        cli_main(["train-detector", "--train-json", str(tmp_path / "none.json"), "--images", str(img_dir),
+                  "--out", str(out), "--backbone", "resnet18", "--workers", "0", "--epochs", "1"])
+    assert not out.parent.exists() or not any(out.parent.rglob("*.pt"))
+
+
+def test_training_file_or_an_annotation_file_as_pseudo_gt_is_refused_and_pseudo_gt_is_counted(tmp_path, caplog):
+    from ggn.detector.data import build_training_dataset
+
+    ann, img_dir = make_tiny_coco(tmp_path, num_images=2, size=32)
+    with pytest.raises(InputError, match="is the training file itself"):
+        build_training_dataset(ann, img_dir, variant="ggn", pseudo_gt=ann)
+    copy = tmp_path / "copy.json"
+    copy.write_text(ann.read_text())
+    with pytest.raises(InputError, match=r"copy.json is not a pseudo-GT file: \d+ of its \d+ annotations have no "
+                                         "'score'"):
+        build_training_dataset(ann, img_dir, variant="ggn", pseudo_gt=copy)
+    coco = json.loads(ann.read_text())
+    pseudo = tmp_path / "pseudo_gt.json"
+    pseudo.write_text(json.dumps({**coco, "annotations": [dict(a, score=0.5) for a in coco["annotations"][:2]]}))
+    with caplog.at_level("INFO"):
+        build_training_dataset(ann, img_dir, variant="ggn", pseudo_gt=pseudo)
+    assert any("pseudo-GT: 2 objects from" in r.getMessage() for r in caplog.records)
+
+
+def test_a_training_file_never_split_is_named_and_an_evaluation_file_refused(tmp_path, caplog):
+    from ggn.coco_data import CocoInstances
+
+    ann, img_dir = make_tiny_coco(tmp_path, num_images=3, size=32)
+    with caplog.at_level("WARNING"):
+        CocoInstances(ann, img_dir).check_training_file("train-detector")
+    assert any("2 categories (box, disc): it is not a training file of `ggn split`" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    train, evaluation = split(json.loads(ann.read_text()), json.loads(ann.read_text()), "box")
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    with caplog.at_level("WARNING"):
+        CocoInstances(tmp_path / "train.json", img_dir).check_training_file("train-detector")
+    assert not caplog.records
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))  # unseen objects marked: refused for training
+    with pytest.raises(InputError, match=r"eval.json is an evaluation file of `ggn split`: \d+ of its annotations "
+                                         r"are unseen-class objects \(ignored_split 0\)"):
+        CocoInstances(tmp_path / "eval.json", img_dir).check_training_file("train-detector")
+    with pytest.raises(InputError, match="is an evaluation file of `ggn split`"):
+        extract._load_coco(tmp_path / "eval.json")
+
+
+def test_negative_box_sizes_and_string_image_ids_are_named(tmp_path):
+    box = {"image_id": 1, "bbox": [12, 12, -10, -10], "segmentation": SQUARE, "score": 0.5}
+    with pytest.raises(InputError, match="1 of 1 detections have a box of negative width or height"):
+        evaluate(_coco([_ann(1)]), [box], iou_types=("bbox",))
+    with pytest.raises(InputError, match="annotation 1 has bbox .* width and height >= 0"):
+        evaluate(_coco([_ann(1, bbox=[12.0, 12.0, -10.0, -10.0])]), [dict(box, bbox=[2, 2, 10, 10])],
+                 iou_types=("bbox",))
+    with pytest.raises(InputError, match="2 of 2 detections give their image_id as a string"):
+        evaluate(_coco([_ann(1)]), [dict(box, bbox=[2, 2, 10, 10], image_id=i) for i in ("1", "2")])
+
+
+def test_non_finite_scores_written_by_python_json_are_named_not_called_truncated(tmp_path):
+    dets = [{"image_id": 1, "bbox": [2, 2, 10, 10], "segmentation": SQUARE, "score": float("nan")}]
+    (tmp_path / "nan.json").write_text(json.dumps(dets))  # Python writes NaN, which JSON has not
+    with pytest.raises(InputError, match="holds NaN or Infinity.*diverged") as err:
+        evaluate(_coco([_ann(1)]), tmp_path / "nan.json")
+    assert "truncated" not in str(err.value)
+    (tmp_path / "cut.json").write_text(json.dumps(dets).replace("NaN", "0.5")[:40])
+    with pytest.raises(InputError, match="is truncated"):
+        evaluate(_coco([_ann(1)]), tmp_path / "cut.json")
+
+
+def test_flat_polygons_are_read_as_the_polygon_they_are_and_counted():
+    flat = SQUARE[0]
+    data, counts = validate_coco(_coco([_ann(1, seg=flat), _ann(2, seg=SQUARE)]), "x.json")
+    assert counts == {"flat_polygons": 1}
+    assert [a["segmentation"] for a in data["annotations"]] == [SQUARE, SQUARE]
+    train, _ = split(_coco([_ann(1, seg=flat), _ann(2, image_id=2, cat=2, seg=flat)]), None, "box")
+    assert len(train["annotations"]) == 1 and train["annotations"][0]["segmentation"] == SQUARE
+
+
+def test_a_metrics_file_where_a_table_row_belongs_is_named(tmp_path):
+    from ggn.table import gather
+
+    metrics = _metrics_file(tmp_path / "baseline.json", 0.2)
+    with pytest.raises(InputError, match="baseline.json is a metrics file of `ggn evaluate`, not a row of "
+                                         "`ggn table row`"):
+        gather([metrics], tmp_path / "t.csv", tmp_path / "t.md")
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_recipe_writes_its_documented_out_file_for_a_shipped_config(tmp_path):
+    out = tmp_path / "recipe.json"
+    config = Path(__file__).resolve().parents[1] / "config" / "coco_voc_to_nonvoc.yaml"
+    assert cli_main(["recipe", "--out", str(out), str(config)]) == 0
+    resolved = json.loads(out.read_text())[str(config)]
+    assert resolved["coco_voc_to_nonvoc"]["pa"]["train_json"] == "TRAIN.json"  # a Path option, as a string
+
+
+def test_an_image_name_in_another_unicode_normalisation_is_named_with_the_fix(tmp_path):
+    import unicodedata
+
+    from ggn.images import read_header
+
+    nfc = "caf\u00e9.png"
+    _save(Image.fromarray(np.zeros((4, 4, 3), np.uint8)), tmp_path / unicodedata.normalize("NFD", nfc))
+    with pytest.raises(ImageError, match=r"does not exist; the folder has 'cafe\\u0301.png', the same name in "
+                                         r"another Unicode normalisation \(NFD on disk, NFC"):
+        read_image(tmp_path / nfc)
+    assert "convmv" in read_header(tmp_path / nfc)
+
+
+def test_a_log_message_while_a_progress_bar_is_drawn_gets_a_line_of_its_own(capsys):
+    import logging
+
+    from tqdm import tqdm
+
+    from ggn.io import ProgressBarSafeHandler
+
+    logger = logging.getLogger("ggn.test_progress")
+    handler = ProgressBarSafeHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        bar = tqdm(total=3, desc="extract", mininterval=0)
+        bar.update(1)
+        logger.warning("skipping image 7")
+        bar.update(1)
+        bar.close()
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    line = next(x for x in err.split("\n") if "skipping image 7" in x)
+    assert line.split("\r")[-1] == "WARNING skipping image 7"  # not appended to the bar's text
+
+
+def test_predict_pastes_each_mask_within_its_box_with_torchvision_s_rles():
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    from torchvision.ops import clip_boxes_to_image
+
+    from ggn.detector.predict import to_results
+    from ggn.masks import encode_masks
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        h, w = (int(v) for v in torch.randint(5, 60, (2,), generator=g))
+        n = int(torch.randint(0, 6, (1,), generator=g))
+        corner = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) * 1.2 - 5
+        size = torch.rand(n, 2, generator=g) * torch.tensor([w, h])
+        boxes = clip_boxes_to_image(torch.cat([corner, corner + size], 1), (h, w))
+        det = {"boxes": boxes, "scores": torch.rand(n, generator=g), "masks": torch.rand(n, 1, 28, 28, generator=g)}
+        full = paste_masks_in_image(det["masks"], boxes, (h, w))[:, 0] > 0.5
+        assert [r["segmentation"] for r in to_results(1, det, h, w)] == encode_masks(full.numpy())
+
+
+_PEAK = """
+import resource, sys, numpy as np, torch
+torch.set_num_threads(1)
+def peak_mb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+{setup}
+run(64)  # warm up at a small size: imports, allocator
+before = peak_mb()
+run({size})
+print(peak_mb() - before)
+"""
+
+
+def _peak_growth_mb(setup: str, size: int) -> float:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _PEAK.format(setup=setup, size=size)], capture_output=True, text=True,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def test_predict_and_extract_never_hold_every_mask_of_an_image_at_full_size():
+    """100 masks on a 1200 x 1200 image: all at full size at once (the old code) grew the peak by 1.1 GB in
+    predict (float pasting) and 400 MB in extract (bool masks and their uint8 copy); one at a time, by < 10 MB."""
+    predict = """
+from ggn.detector.predict import to_results
+def run(size):
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(100, 2, generator=g) * (size - 60)
+    det = {"boxes": torch.cat([xy, xy + 50], 1), "scores": torch.rand(100, generator=g),
+           "masks": torch.rand(100, 1, 28, 28, generator=g)}
+    assert len(to_results(1, det, size, size)) == 100
+"""
+    extract_setup = """
+from ggn.extract import candidate_rows
+def run(size):
+    masks = np.zeros((100, 64, 64), bool)
+    for i in range(100):
+        masks[i, i % 50:i % 50 + 10, (i * 7) % 50:(i * 7) % 50 + 12] = True
+    rows = candidate_rows(1, masks, np.linspace(1, 0, 100, dtype=np.float32), size, size, None)
+    assert len(rows["rle"]) == 100
+"""
+    assert _peak_growth_mb(predict, 1200) < 100
+    assert _peak_growth_mb(extract_setup, 1200) < 100
+
+
+def test_extract_skips_an_image_whose_network_input_exceeds_the_limit_naming_size_and_option(tmp_path, pa_ckpt):
+    ann, img_dir = make_tiny_coco(tmp_path, num_images=2, size=32)
+    summary = extract.extract_shard(pa_ckpt, ann, img_dir, 0, 1, tmp_path / "big.parquet", device="cpu", top_k=3,
+                                    max_input_pixels=500)  # the checkpoint's input: 32x32 = 1024 pixels
+    assert summary["images_processed"] == 0 and summary["images_skipped"] == 2
+    assert "is 32x32: its network input (32x32) has more pixels than --max-input-pixels 500; pass --input-size" \
+        in summary["skipped"]["1"]
+    summary = extract.extract_shard(pa_ckpt, ann, img_dir, 0, 1, tmp_path / "small.parquet", device="cpu",
+                                    top_k=3, max_input_pixels=500, input_size=16)
+    assert summary["images_processed"] == 2
+
+
+def test_predict_shrinks_a_huge_image_a_channel_at_a_time_to_the_same_network_input(monkeypatch):
+    from ggn.detector import predict
+    from ggn.detector.model import build_detector, detector_config
+
+    model = build_detector(detector_config(backbone="resnet18", fpn_channels=16, representation_size=32,
+                                           mask_channels=16, min_size=40, max_size=64)).eval()
+    image = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    plain = model.transform([predict.image_tensor(model, image, torch.device("cpu"))])[0]
+    monkeypatch.setattr(predict, "LARGE_IMAGE_PIXELS", 0)
+    small = predict.image_tensor(model, image, torch.device("cpu"))
+    assert small.shape[1:] == tuple(plain.image_sizes[0])  # already at the network's size
+    shrunk = model.transform([small])[0]
+    assert shrunk.image_sizes == plain.image_sizes
+    assert torch.allclose(shrunk.tensors, plain.tensors, atol=1e-4)

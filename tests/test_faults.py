@@ -262,7 +262,7 @@ def test_disk_full_in_ggn_merge_is_a_clear_error_without_a_traceback(tmp_path, s
     shards, ann = _shards(tmp_path / "shards", num_shards=2, images_per_shard=1500, candidates=3)
     out = small_disk / "pseudo_gt.json"
     proc = run_ggn(["merge", "--shards", *shards, "--annotations", ann, "--out", out, "--top-k", "3",
-                 "--gt-iou-max", "1.01"], ok=False)
+                 "--gt-iou-max", "1"], ok=False)  # every gt_iou is < 1: all kept
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "disk full while writing" in proc.stderr and str(small_disk) in proc.stderr, proc.stderr
     assert not out.exists() and not list(small_disk.glob(".pseudo_gt.json.*.tmp"))

@@ -96,6 +96,11 @@ def read_pseudo_gt(path: str | Path, train_image_ids: set[int]) -> list[dict]:
     anns = coco.get("annotations") if isinstance(coco, dict) else None
     if not isinstance(anns, list):
         raise InputError(f"{path} has no 'annotations' list; it should be the pseudo_gt.json of `ggn merge`")
+    unscored = sum(1 for a in anns if not isinstance(a, dict) or "score" not in a)
+    if unscored:  # `ggn merge` gives every pseudo-GT object its candidate score; an annotation file has none
+        raise InputError(f"{path} is not a pseudo-GT file: {unscored} of its {len(anns)} annotations have no "
+                         "'score', as in an annotation file (training on it would add its objects again, as "
+                         "pseudo-GT); pass the pseudo_gt.json that `ggn merge` wrote")
     kept = [a for a in anns if a.get("image_id") in train_image_ids]
     if len(kept) < len(anns):
         log.warning("%d of %d pseudo-GT annotations in %s are on images not in the training set; skipped",
@@ -132,7 +137,15 @@ def build_training_dataset(train_json: str | Path, images: str | Path, variant: 
         base.ids = base.ids[:max_images]
     store = None
     if pseudo_gt is not None:
-        base.add_annotations(read_pseudo_gt(pseudo_gt, set(base.images)))
+        if Path(pseudo_gt).resolve() == Path(train_json).resolve():
+            raise InputError(f"--pseudo-gt {pseudo_gt} is the training file itself: its objects would be learned "
+                             "twice, once as pseudo-GT; pass the pseudo_gt.json that `ggn merge` wrote")
+        pseudo = read_pseudo_gt(pseudo_gt, set(base.images))
+        base.add_annotations(pseudo)
+        used = set(base.ids)
+        pseudo = [a for a in pseudo if a["image_id"] in used]
+        log.info("pseudo-GT: %d objects from %s on %d of the %d training images", len(pseudo), pseudo_gt,
+                 len({a["image_id"] for a in pseudo}), len(used))
     elif pseudo_store is not None:
         store = _open_store(pseudo_store)
     transform = RandomHorizontalFlip(flip) if flip > 0 else None

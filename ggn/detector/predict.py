@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.models.detection.roi_heads import paste_masks_in_image
+import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import resize_boxes
 from tqdm import tqdm
 
@@ -16,12 +17,14 @@ from ggn.detector.model import DEFAULT_CONFIG, load_detector
 from ggn.annotations import validate_coco
 from ggn.images import ImageError, image_path, load_image
 from ggn.io import InputError, atomic_open, atomic_write_json, pick_device, read_json
-from ggn.masks import encode_masks
+from ggn.masks import encode_crop
 
 log = logging.getLogger(__name__)
 
 MASK_THRESHOLD = 0.5
-PASTE_CHUNK = 100  # masks pasted at full resolution at a time: bounds memory for 1500 detections per image
+# Above this many pixels an image is shrunk to the network's input size a channel at a time, before it is
+# converted to float and normalised whole (a 10000 x 10000 image: 1.2 GB as float, 3.6 GB in the transform).
+LARGE_IMAGE_PIXELS = 16_000_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def detect(model, images: list[np.ndarray], device: torch.device) -> list[dict[str, torch.Tensor]]:
     """Boxes (original resolution), scores and 28x28 mask probabilities per image; pasting is left to the caller
     so that full-resolution masks never exist for all detections at once."""
-    tensors = [torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255) for im in images]
+    tensors = [image_tensor(model, im, device) for im in images]
     batch, _ = model.transform(tensors)
     features = model.backbone(batch.tensors)
     proposals, _ = model.rpn(batch, features)
@@ -55,17 +58,43 @@ def detect(model, images: list[np.ndarray], device: torch.device) -> list[dict[s
     return detections
 
 
+def paste_crop(mask: torch.Tensor, box: torch.Tensor, height: int, width: int) -> tuple[np.ndarray, int, int]:
+    """(boolean crop, top, left): the part of the image that torchvision's paste_mask_in_image writes for one
+    padded mask and its expanded integer box, thresholded; the rest of the full-size mask is empty."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+    resized = F.interpolate(mask.expand((1, 1, -1, -1)), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    top, bottom = min(max(y0, 0), height), min(max(y1 + 1, 0), height)
+    left, right = min(max(x0, 0), width), min(max(x1 + 1, 0), width)
+    crop = resized[top - y0:max(bottom, top) - y0, left - x0:max(right, left) - x0] > MASK_THRESHOLD
+    return crop.cpu().numpy(), top, left
+
+
+def image_tensor(model, image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """float [3,H,W] in [0,1]. A huge image is first shrunk to the size the model's transform resizes it to (its
+    scale, mode and rounding), one channel at a time; the transform then leaves the size as it is."""
+    pixels = torch.from_numpy(image)
+    h, w = image.shape[:2]
+    if h * w <= LARGE_IMAGE_PIXELS:
+        return pixels.to(device).permute(2, 0, 1).float().div_(255)
+    transform = model.transform
+    scale = min(float(transform.min_size[-1]) / min(h, w), float(transform.max_size) / max(h, w))
+    return torch.stack([F.interpolate(pixels[..., c].to(device)[None, None].float().div_(255), scale_factor=scale,
+                                      mode="bilinear", recompute_scale_factor=True, align_corners=False)[0, 0]
+                        for c in range(3)])
+
+
 def to_results(image_id: int, det: dict[str, torch.Tensor], height: int, width: int) -> list[dict]:
+    """COCO results of one image. Each mask is pasted within its box and encoded from that crop, one at a time:
+    the RLEs are those of torchvision's paste_masks_in_image, but no mask exists at full size (a 10000 x 10000
+    image: 400 MB a float mask, 40 GB the 100 masks pasted together before)."""
     boxes = det["boxes"].float()
     scores = det["scores"].float().cpu().tolist()
-    rles: list[dict | None] = []
-    for start in range(0, len(boxes), PASTE_CHUNK):
-        if "masks" not in det:  # a detector without mask branch (`mask_head: false`): boxes only
-            rles.extend([None] * len(boxes[start:start + PASTE_CHUNK]))
-            continue
-        probs = paste_masks_in_image(det["masks"][start:start + PASTE_CHUNK].float(),
-                                     boxes[start:start + PASTE_CHUNK], (height, width))
-        rles.extend(encode_masks((probs[:, 0] > MASK_THRESHOLD).cpu().numpy()))
+    rles: list[dict | None] = [None] * len(boxes)  # a detector without mask branch (`mask_head: false`): boxes only
+    if "masks" in det:
+        padded, scale = expand_masks(det["masks"].float(), padding=1)
+        expanded = expand_boxes(boxes, scale).to(dtype=torch.int64).cpu()
+        rles = [encode_crop(*paste_crop(m[0], b, height, width), height, width) for m, b in zip(padded, expanded)]
     xywh = boxes.cpu().clone()
     xywh[:, 2:] -= xywh[:, :2]
     results = [{"image_id": int(image_id), "category_id": 1, "bbox": [round(float(v), 2) for v in b],

@@ -217,6 +217,12 @@ def run(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         raise InputError(f"{args.train_json} has no images to train on: no image has an object of a seen class "
                          "(`ggn split` drops the others) or pseudo-GT; check `seen`")
+    if not (any(dataset.base.objects_per_image().values()) or dataset.pseudo_store is not None):
+        raise InputError(f"{args.train_json}: none of its {len(dataset)} training images has an object (annotated "
+                         "or pseudo-GT), so the detector would learn nothing; pass the train.json of `ggn split` "
+                         "(and, for --variant ggn, the pseudo_gt.json of `ggn merge`)")
+    if args.ground_truth:
+        dataset.base.check_training_file("train-detector", warn=is_main_process())
     dataset.base.verify_images()  # every image readable and of its annotated size, before the first step
     config = model_config(args)
     model = build_detector(config).to(device)

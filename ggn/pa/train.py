@@ -175,6 +175,18 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
     if len(dataset) == 0:
         raise InputError(f"{args.train_json} has no images to train on: no image has an object of a seen class "
                          "(`ggn split` drops the others); check `seen`, or name a trained PA network (pa_checkpoint)")
+    objects = dataset.coco.objects_per_image()
+    if not any(objects.values()):
+        raise InputError(f"{args.train_json}: none of its {len(dataset)} images has an annotated object (a "
+                         "non-crowd annotation with a mask), so the PA network would learn nothing (its loss counts "
+                         "only pairs with an object pixel); pass the train.json of `ggn split`, whose images each "
+                         "have a seen-class object, or add the annotations")
+    if not all(objects.values()):  # no pair to learn from: a step on them would only decay the weights
+        dataset.coco.ids = [i for i in dataset.coco.ids if objects[i]]
+        if main:
+            log.warning("%s: %d of %d images have no annotated object and are left out of PA training",
+                        args.train_json, len(objects) - len(dataset), len(objects))
+    dataset.coco.check_training_file("train-pa", warn=main)
     dataset.coco.verify_images()  # every image readable and of its annotated size, before the first step
     # One sampler for both paths: a single process is rank 0 of 1, shuffled by (seed, epoch).
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
