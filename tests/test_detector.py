@@ -359,3 +359,59 @@ def test_pseudo_gt_alone_trains_only_the_images_that_have_some(tiny_coco, tmp_pa
     with_gt = build_training_dataset(train_json, images, "ggn", pseudo_gt=tmp_path / "pseudo.json", flip=0)
     assert len(with_gt) == len(coco["images"])  # with ground truth: every image, GT + pseudo-GT
     assert len(with_gt[1][1]["masks"]) == 2 * sum(a["image_id"] == 2 for a in coco["annotations"])
+
+
+def test_roi_align_and_mask_targets_are_the_references():
+    """The reference's RoI extractors are mmcv RoIAlign(sampling_ratio=0) with aligned=True (mmcv's default;
+    class_agn_mask_rcnn_pa.py bbox/mask_roi_extractor) and its mask targets are binarised at 0.5
+    (mmdet BitmapMasks.crop_and_resize(binarize=True)); LEGACY_CONFIG rebuilds torchvision's for old checkpoints."""
+    from torchvision.models.detection.roi_heads import project_masks_on_boxes
+    from torchvision.ops import MultiScaleRoIAlign, roi_align
+
+    from ggn.detector.model import LEGACY_CONFIG, AlignedMultiScaleRoIAlign, mask_targets
+
+    for kind in ("maskrcnn", "oln"):
+        model = build_detector(detector_config(kind=kind, **TINY_MODEL))
+        for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+            assert type(pool) is AlignedMultiScaleRoIAlign and pool.sampling_ratio == 0
+    legacy = build_detector(detector_config(**{**TINY_MODEL, **LEGACY_CONFIG}))
+    assert type(legacy.roi_heads.box_roi_pool) is MultiScaleRoIAlign and legacy.roi_heads.box_roi_pool.sampling_ratio == 2
+
+    # the pooler: each RoI pooled with aligned=True on its level (a 20 px box on the stride-4 level)
+    torch.manual_seed(0)
+    feats = {str(i): torch.randn(1, 3, 64 >> i, 64 >> i) for i in range(4)}
+    box = torch.tensor([[10.3, 5.7, 30.1, 25.2]])
+    pool = AlignedMultiScaleRoIAlign(["0", "1", "2", "3"], 7, 0)
+    got = pool(feats, [box], [(256, 256)])
+    rois = torch.cat([torch.zeros(1, 1), box], 1)
+    assert torch.allclose(got, roi_align(feats["0"], rois, 7, 0.25, 0, aligned=True))
+    assert not torch.allclose(got, roi_align(feats["0"], rois, 7, 0.25, 0, aligned=False))
+
+    # mask targets: binary ones are 0/1, the soft ones torchvision's own
+    masks = torch.zeros(2, 40, 40)
+    masks[0, 8:30, 5:21] = 1
+    masks[1, 0:13, 17:39] = 1
+    boxes = torch.tensor([[4.0, 6.0, 24.0, 33.0], [15.0, 0.0, 39.0, 15.0], [2.5, 2.5, 19.5, 19.5]])
+    matched = torch.tensor([0, 1, 0])
+    binary = mask_targets(masks, boxes, matched, 28, binary=True, aligned=True)
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    soft = mask_targets(masks, boxes, matched, 28, binary=False, aligned=False)
+    assert torch.equal(soft, project_masks_on_boxes(masks, boxes, matched, 28))
+    assert ((soft > 0) & (soft < 1)).any()
+
+
+@pytest.mark.parametrize("kind", ["maskrcnn", "oln"])
+def test_mask_loss_uses_the_configured_targets(tiny_coco, kind):
+    """Same weights, same sample: the soft-target model's loss_mask is torchvision's; the reference model's
+    differs from it (binarised, aligned targets) and is finite."""
+    dataset = build_training_dataset(*tiny_coco, flip=0)
+    images, targets = collate([dataset[0], dataset[1]])
+    losses = {}
+    for name, extra in (("reference", {}), ("torchvision", dict(mask_target="soft", roi_aligned=False,
+                                                                 roi_sampling_ratio=2))):
+        torch.manual_seed(0)
+        model = build_detector(detector_config(kind=kind, **TINY_MODEL, **extra)).train()
+        torch.manual_seed(1)
+        losses[name] = model(list(images), [dict(t) for t in targets])["loss_mask"]
+    assert torch.isfinite(losses["reference"]) and losses["reference"] > 0
+    assert not torch.isclose(losses["reference"], losses["torchvision"])

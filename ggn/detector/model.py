@@ -16,7 +16,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
+from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ggn.io import InputError, checkpoint_kind, load_checkpoint, load_state_into
@@ -54,12 +55,19 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "box_score_thresh": 0.0,
     "box_nms_thresh": 0.7,
     "box_detections_per_img": 1500,
+    # RoIAlign of the box and mask branches and the mask targets: the reference's mmcv RoIAlign (aligned=True,
+    # sampling_ratio=0: adaptive) and mmdet's binarised targets (crop_and_resize(..., binarize=True)).
+    # torchvision's MaskRCNN: aligned=False, sampling_ratio=2, soft targets (the demo keeps these).
+    "roi_aligned": True,
+    "roi_sampling_ratio": 0,
+    "mask_target": "binary",       # "binary" (reference, >= 0.5) or "soft" (torchvision)
 }
 
 
 # Checkpoints written before these keys existed were trained with trainable BN, three anchor ratios and
 # torchvision's smooth-L1 losses; they load as they were trained.
-LEGACY_CONFIG = {"norm": "bn", "frozen_stages": -1, "anchor_ratios": [0.5, 1.0, 2.0], "box_loss": "smooth_l1"}
+LEGACY_CONFIG = {"norm": "bn", "frozen_stages": -1, "anchor_ratios": [0.5, 1.0, 2.0], "box_loss": "smooth_l1",
+                 "roi_aligned": False, "roi_sampling_ratio": 2, "mask_target": "soft"}
 
 
 def detector_config(**overrides: Any) -> dict[str, Any]:
@@ -144,6 +152,12 @@ def build_detector(config: dict[str, Any]) -> MaskRCNN:
                                 norm_layer=group_norm if cfg["norm"] == "gn" else None),
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, 2),
     )
+    if cfg["mask_target"] not in MASK_TARGETS:
+        raise InputError(f"unknown mask_target {cfg['mask_target']!r}; choose one of {', '.join(MASK_TARGETS)}")
+    names = ["0", "1", "2", "3"]
+    pooler = AlignedMultiScaleRoIAlign if cfg["roi_aligned"] else MultiScaleRoIAlign
+    common["box_roi_pool"] = pooler(names, 7, int(cfg["roi_sampling_ratio"]))
+    common["mask_roi_pool"] = pooler(names, 14, int(cfg["roi_sampling_ratio"]))
     model = MaskRCNN(backbone, num_classes=None, **common)
     if cfg["box_loss"] not in ("l1", "smooth_l1"):
         raise InputError(f"unknown box_loss {cfg['box_loss']!r}; choose 'l1' or 'smooth_l1'")
@@ -153,6 +167,11 @@ def build_detector(config: dict[str, Any]) -> MaskRCNN:
         from ggn.detector.oln import to_oln
 
         to_oln(model, representation_size=rep)
+    binary, aligned = cfg["mask_target"] == "binary", bool(cfg["roi_aligned"])
+    if kind == "oln":  # OlnRoIHeads computes its mask loss itself, with these settings
+        model.roi_heads.mask_target_binary, model.roi_heads.mask_target_aligned = binary, aligned
+    else:
+        use_mask_targets(model.roi_heads, binary, aligned)
     for module in (model.roi_heads.mask_head, model.roi_heads.mask_predictor):
         chunk_inference(module, MASK_CHUNK)
     return model
@@ -173,6 +192,88 @@ def chunk_inference(module: nn.Module, chunk: int) -> None:
         return torch.cat([plain(part) for part in x.split(chunk)])
 
     module.forward = forward
+
+
+MASK_TARGETS = ("binary", "soft")
+
+
+class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """MultiScaleRoIAlign with `aligned=True` (pixel centres at +0.5, no 1-pixel box inflation), mmcv's
+    RoIAlign default that the reference's SingleRoIExtractor uses. The level of each RoI is torchvision's
+    (floor(4 + log2(sqrt(area) / 224)) on levels 2-5), the same rule as mmdet's finest_scale 56 on strides
+    4-32: floor(log2(sqrt(area) / 56)) clamped to 0-3."""
+
+    def forward(self, x, boxes, image_shapes):
+        features = [x[name] for name in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        rois = _convert_to_roi_format(boxes)
+        levels = self.map_levels(boxes)
+        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.where(levels == level)[0]
+            pooled = roi_align(feature, rois[idx], self.output_size, spatial_scale=scale,
+                               sampling_ratio=self.sampling_ratio, aligned=True)
+            result[idx] = pooled.to(result.dtype)
+        return result
+
+
+def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched_idxs: torch.Tensor, size: int,
+                 binary: bool, aligned: bool) -> torch.Tensor:
+    """Mask-head targets: each matched ground-truth mask cropped to its proposal and resized to size x size.
+    binary + aligned is mmdet's `BitmapMasks.crop_and_resize(..., binarize=True)` (RoIAlign aligned=True,
+    sampling 0, then >= 0.5); soft + not aligned is torchvision's `project_masks_on_boxes`."""
+    rois = torch.cat([matched_idxs.to(boxes)[:, None], boxes], dim=1)
+    out = roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0, sampling_ratio=0 if aligned else -1,
+                    aligned=aligned)[:, 0]
+    return (out >= 0.5).to(out.dtype) if binary else out
+
+
+def mask_loss(mask_logits: torch.Tensor, proposals: list[torch.Tensor], gt_masks: list[torch.Tensor],
+              matched_idxs: list[torch.Tensor], binary: bool, aligned: bool) -> torch.Tensor:
+    """Binary cross-entropy of the (class-agnostic: foreground channel 1) mask logits of the positive RoIs
+    against `mask_targets`, averaged over pixels, as torchvision's maskrcnn_loss and mmdet's FCNMaskHead."""
+    size = mask_logits.shape[-1]
+    targets = [mask_targets(m, p, i, size, binary, aligned) for m, p, i in zip(gt_masks, proposals, matched_idxs)]
+    targets = torch.cat(targets) if targets else mask_logits.new_zeros((0, size, size))
+    if targets.numel() == 0:
+        return mask_logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(mask_logits[:, 1], targets)
+
+
+def use_mask_targets(roi_heads: RoIHeads, binary: bool, aligned: bool) -> None:
+    """Make torchvision's RoI heads train the mask branch on `mask_loss`'s targets. The parent's forward is
+    kept (its loss_mask is replaced): the sampled proposals are taken from select_training_samples and the
+    mask logits from the predictor, exactly the tensors torchvision's own maskrcnn_loss receives."""
+    roi_heads.mask_target_binary, roi_heads.mask_target_aligned = bool(binary), bool(aligned)
+    if not binary and not aligned:
+        return  # torchvision's own targets
+    select, forward = roi_heads.select_training_samples, roi_heads.forward
+
+    def select_and_keep(proposals, targets):
+        sampled = select(proposals, targets)
+        roi_heads._mask_sampled = sampled
+        return sampled
+
+    def forward_with_targets(features, proposals, image_shapes, targets=None):
+        if not roi_heads.training:
+            return forward(features, proposals, image_shapes, targets)
+        captured = {}
+        hook = roi_heads.mask_predictor.register_forward_hook(lambda m, i, out: captured.setdefault("logits", out))
+        try:
+            result, losses = forward(features, proposals, image_shapes, targets)
+        finally:
+            hook.remove()
+        sampled_proposals, matched_idxs, labels, _ = roi_heads.__dict__.pop("_mask_sampled")
+        pos = [torch.where(lab > 0)[0] for lab in labels]
+        losses["loss_mask"] = mask_loss(captured["logits"], [p[i] for p, i in zip(sampled_proposals, pos)],
+                                        [t["masks"] for t in targets], [m[i] for m, i in zip(matched_idxs, pos)],
+                                        binary, aligned)
+        return result, losses
+
+    roi_heads.select_training_samples = select_and_keep
+    roi_heads.forward = forward_with_targets
 
 
 class L1RPN(RegionProposalNetwork):

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ggn.coco_data import collate
 from ggn.detector.data import build_training_dataset
 from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained, trainable_summary
+from ggn.precision import add_amp_argument
 from ggn.dist import (add_batch_arguments, barrier, cleanup, effective_lr, gather_counts, gather_objects,
                       init_distributed, is_main_process, rank0_decides, relaunch, under_launcher, unwrap)
 from ggn.io import (InputError, atomic_torch_save, machine_provenance, load_checkpoint, seed_everything, stop_on_non_finite_loss,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 MODEL_FLAGS = ("kind", "backbone", "norm", "frozen_stages", "anchor_ratios", "box_loss", "fpn_channels",
                "representation_size", "mask_channels", "mask_layers", "anchor_sizes", "min_size", "max_size",
                "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_batch_size_per_image",
-               "box_batch_size_per_image")
+               "box_batch_size_per_image", "roi_aligned", "roi_sampling_ratio", "mask_target")
 MID_EPOCH = "mid_epoch.pt"  # the within-epoch checkpoint, beside the epoch_NNN.pt ones
 
 
@@ -94,7 +95,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box-batch-size-per-image", type=int, default=d["box_batch_size_per_image"])
     p.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability")
     p.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off, as the reference)")
-    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on GPU)")
+    p.add_argument("--roi-aligned", action=argparse.BooleanOptionalAction, default=d["roi_aligned"],
+                   help="RoIAlign with aligned=True (half-pixel offset), mmcv's default that the reference uses; "
+                        "--no-roi-aligned: torchvision's MaskRCNN")
+    p.add_argument("--roi-sampling-ratio", type=int, default=d["roi_sampling_ratio"],
+                   help="RoIAlign sampling points per bin side (0: adaptive, the reference; torchvision's: 2)")
+    p.add_argument("--mask-target", choices=("binary", "soft"), default=d["mask_target"],
+                   help="mask-head targets: binary (the cropped mask thresholded at 0.5, the reference) or soft "
+                        "(torchvision's bilinear crop)")
+    add_amp_argument(p, "detector's training (fp16 with loss scaling; the reference: fp32)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
