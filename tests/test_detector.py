@@ -415,3 +415,32 @@ def test_mask_loss_uses_the_configured_targets(tiny_coco, kind):
         losses[name] = model(list(images), [dict(t) for t in targets])["loss_mask"]
     assert torch.isfinite(losses["reference"]) and losses["reference"] > 0
     assert not torch.isclose(losses["reference"], losses["torchvision"])
+
+
+def test_ground_truth_boxes_are_the_annotations_own(tiny_coco, tmp_path):
+    """The reference trains on each annotation's `bbox` (coco_split.py `_parse_ann_info`), not on a box rebuilt
+    from the rasterised mask: a polygon's box has sub-pixel corners that rasterising rounds away. A bbox under
+    1 px (which mmdet skips) falls back to the mask's box; `--boxes mask` keeps the mask's box."""
+    from ggn.coco_data import masks_to_boxes
+
+    ann_file, images = tiny_coco
+    coco = json.loads(Path(ann_file).read_text())
+    first = coco["images"][0]["id"]
+    anns = [a for a in coco["annotations"] if a["image_id"] == first and not a.get("iscrowd")]
+    assert len(anns) >= 2
+    anns[0]["bbox"] = [a + 0.3 for a in anns[0]["bbox"][:2]] + list(anns[0]["bbox"][2:])
+    anns[1]["bbox"] = [anns[1]["bbox"][0], anns[1]["bbox"][1], 0.5, 3.0]
+    edited = tmp_path / "train.json"
+    edited.write_text(json.dumps(coco))
+    by_annotation = build_training_dataset(edited, images, flip=0, boxes="annotation")
+    index = by_annotation.base.ids.index(first)
+    _, target = by_annotation[index]
+    from_masks = masks_to_boxes(target["masks"])
+    x, y, w, h = anns[0]["bbox"]
+    assert torch.allclose(target["boxes"][0], torch.tensor([x, y, x + w, y + h]))
+    assert not torch.equal(target["boxes"][0], from_masks[0])
+    assert torch.equal(target["boxes"][1], from_masks[1])  # the 0.5 px wide bbox: the mask's box
+    _, by_mask = build_training_dataset(edited, images, flip=0, boxes="mask")[index]
+    assert torch.equal(by_mask["boxes"], from_masks)
+    with pytest.raises(InputError, match="--boxes"):
+        build_training_dataset(edited, images, boxes="polygon")

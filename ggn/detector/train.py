@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ground-truth", action=argparse.BooleanOptionalAction, default=True,
                    help="train on the --train-json annotations (with --variant ggn: plus pseudo-GT); "
                         "--no-ground-truth: pseudo-GT alone, on the listed images that have some (the ImageNet row)")
+    p.add_argument("--boxes", choices=("annotation", "mask"), default="annotation",
+                   help="ground-truth boxes: each annotation's own bbox (the reference), or the tight box of its "
+                        "rasterised mask")
     p.add_argument("--kind", choices=("maskrcnn", "oln"), default=d["kind"])
     p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50", "resnet101"), default=d["backbone"])
     p.add_argument("--pretrained", help="`imagenet` (torchvision's ImageNet ResNet via its cache, $TORCH_HOME), "
@@ -222,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed + rank)
     dataset = build_training_dataset(args.train_json, args.images, args.variant, args.pseudo_gt,
                                      args.pseudo_store, flip=args.flip, max_images=args.max_images,
-                                     ground_truth=args.ground_truth)
+                                     ground_truth=args.ground_truth, boxes=args.boxes)
     if len(dataset) == 0:
         raise InputError(f"{args.train_json} has no images to train on: no image has an object of a seen class "
                          "(`ggn split` drops the others) or pseudo-GT; check `seen`")
