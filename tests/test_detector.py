@@ -444,3 +444,41 @@ def test_ground_truth_boxes_are_the_annotations_own(tiny_coco, tmp_path):
     assert torch.equal(by_mask["boxes"], from_masks)
     with pytest.raises(InputError, match="--boxes"):
         build_training_dataset(edited, images, boxes="polygon")
+
+
+def test_rpn_trains_no_anchor_in_the_padding_of_a_batch():
+    """A landscape and a portrait image batched together: the anchors beyond each image's own size (padded
+    to 32) take no part in RPN assignment or sampling, as the reference's valid flags (pad_shape); torchvision's
+    RPN (`rpn_valid_anchors: false`) samples them as negatives."""
+    from torchvision.models.detection.image_list import ImageList
+
+    from ggn.detector.model import valid_anchor_flags
+
+    flags = valid_anchor_flags([(24, 24), (12, 12)], (96, 96), (64, 96), 1)
+    assert flags[:576].view(24, 24)[:16].all() and not flags[:576].view(24, 24)[16:].any()
+    assert flags[576:].view(12, 12)[:8].all() and not flags[576:].view(12, 12)[8:].any()
+
+    images = ImageList(torch.randn(2, 3, 96, 96), [(64, 96), (96, 64)])
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]])}, {"boxes": torch.tensor([[5.0, 50.0, 30.0, 90.0]])}]
+    for exclude in (True, False):
+        torch.manual_seed(0)
+        model = build_detector(detector_config(rpn_valid_anchors=exclude, **TINY_MODEL)).train()
+        seen = {}
+        sampler = model.rpn.fg_bg_sampler
+
+        def spy(labels, sampler=sampler):
+            seen["labels"] = [lab.clone() for lab in labels]
+            return sampler(labels)
+
+        model.rpn.fg_bg_sampler = spy
+        features = model.backbone(images.tensors)
+        _, losses = model.rpn(images, features, targets)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sizes = [tuple(f.shape[-2:]) for f in features.values()]
+        for labels, size in zip(seen["labels"], images.image_sizes):
+            valid = valid_anchor_flags(sizes, (96, 96), size, 1)
+            assert (~valid).sum() > 0 and (labels[valid] >= 0).any() and (labels[valid] == 1).any()
+            if exclude:
+                assert (labels[~valid] == -1).all()
+            else:
+                assert (labels[~valid] == 0).any()

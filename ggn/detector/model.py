@@ -61,13 +61,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "roi_aligned": True,
     "roi_sampling_ratio": 0,
     "mask_target": "binary",       # "binary" (reference, >= 0.5) or "soft" (torchvision)
+    # RPN training: anchors at feature cells beyond the image's own size padded to 32 are neither positive nor
+    # negative (mmdet's AnchorGenerator.valid_flags on the image's pad_shape); torchvision samples them all.
+    "rpn_valid_anchors": True,
 }
 
 
 # Checkpoints written before these keys existed were trained with trainable BN, three anchor ratios and
 # torchvision's smooth-L1 losses; they load as they were trained.
 LEGACY_CONFIG = {"norm": "bn", "frozen_stages": -1, "anchor_ratios": [0.5, 1.0, 2.0], "box_loss": "smooth_l1",
-                 "roi_aligned": False, "roi_sampling_ratio": 2, "mask_target": "soft"}
+                 "roi_aligned": False, "roi_sampling_ratio": 2, "mask_target": "soft", "rpn_valid_anchors": False}
 
 
 def detector_config(**overrides: Any) -> dict[str, Any]:
@@ -163,6 +166,10 @@ def build_detector(config: dict[str, Any]) -> MaskRCNN:
         raise InputError(f"unknown box_loss {cfg['box_loss']!r}; choose 'l1' or 'smooth_l1'")
     if kind == "maskrcnn" and cfg["box_loss"] == "l1":
         use_l1_box_losses(model)
+    elif kind == "maskrcnn":
+        model.rpn.__class__ = PaddingAwareRPN
+    if kind == "maskrcnn":  # OLN's RPN trains only anchors inside the image (allowed_border=0) already
+        model.rpn.exclude_padded_anchors = bool(cfg["rpn_valid_anchors"])
     if kind == "oln":
         from ggn.detector.oln import to_oln
 
@@ -276,7 +283,58 @@ def use_mask_targets(roi_heads: RoIHeads, binary: bool, aligned: bool) -> None:
     roi_heads.forward = forward_with_targets
 
 
-class L1RPN(RegionProposalNetwork):
+def valid_anchor_flags(feature_sizes: list[tuple[int, int]], batch_size: tuple[int, int], image_size: tuple[int, int],
+                       anchors_per_location: int, size_divisor: int = 32, device=None) -> torch.Tensor:
+    """bool [anchors] in torchvision's order (level, row, column, anchor): True where the anchor's feature cell
+    lies within the image's own size padded to `size_divisor`, as mmdet's AnchorGenerator.valid_flags on the
+    image's pad_shape (cells up to ceil(pad / stride)); the rest sit in the padding that batching adds."""
+    pad_h = -(-image_size[0] // size_divisor) * size_divisor
+    pad_w = -(-image_size[1] // size_divisor) * size_divisor
+    flags = []
+    for fh, fw in feature_sizes:
+        stride_h, stride_w = batch_size[0] // fh, batch_size[1] // fw  # torchvision's own stride rule
+        valid_h, valid_w = min(-(-pad_h // stride_h), fh), min(-(-pad_w // stride_w), fw)
+        grid = torch.zeros((fh, fw), dtype=torch.bool, device=device)
+        grid[:valid_h, :valid_w] = True
+        flags.append(grid.flatten().repeat_interleave(anchors_per_location))
+    return torch.cat(flags)
+
+
+class PaddingAwareRPN(RegionProposalNetwork):
+    """torchvision's RPN whose training, with `exclude_padded_anchors`, assigns and samples only the anchors
+    of `valid_anchor_flags` (the reference: invalid anchors take no part in assignment, anchor_head.py
+    `_get_targets_single`); the others get label -1 (ignored). Proposals are unchanged."""
+
+    exclude_padded_anchors = False
+
+    def forward(self, images, features, targets=None):
+        self._anchor_context = (images.image_sizes, tuple(images.tensors.shape[-2:]),
+                                [tuple(f.shape[-2:]) for f in features.values()])
+        try:
+            return super().forward(images, features, targets)
+        finally:
+            del self._anchor_context
+
+    def assign_targets_to_anchors(self, anchors, targets):
+        if not self.exclude_padded_anchors:
+            return super().assign_targets_to_anchors(anchors, targets)
+        image_sizes, batch_size, feature_sizes = self._anchor_context
+        per_location = self.anchor_generator.num_anchors_per_location()[0]
+        labels, matched_gt_boxes = [], []
+        for anchors_per_image, target, size in zip(anchors, targets, image_sizes):
+            valid = valid_anchor_flags(feature_sizes, batch_size, tuple(size), per_location,
+                                       device=anchors_per_image.device)
+            sub_labels, sub_boxes = super().assign_targets_to_anchors([anchors_per_image[valid]], [target])
+            label = torch.full((len(anchors_per_image),), -1.0, device=anchors_per_image.device)
+            label[valid] = sub_labels[0]
+            boxes = torch.zeros_like(anchors_per_image, dtype=sub_boxes[0].dtype)
+            boxes[valid] = sub_boxes[0]
+            labels.append(label)
+            matched_gt_boxes.append(boxes)
+        return labels, matched_gt_boxes
+
+
+class L1RPN(PaddingAwareRPN):
     """torchvision's RPN with an L1 box loss (mmdet L1Loss, weight 1) instead of smooth L1 (beta 1/9); the
     normalisation is the same in both: the sum over positive anchors divided by the sampled anchors."""
 

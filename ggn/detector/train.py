@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 MODEL_FLAGS = ("kind", "backbone", "norm", "frozen_stages", "anchor_ratios", "box_loss", "fpn_channels",
                "representation_size", "mask_channels", "mask_layers", "anchor_sizes", "min_size", "max_size",
                "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_batch_size_per_image",
-               "box_batch_size_per_image", "roi_aligned", "roi_sampling_ratio", "mask_target")
+               "box_batch_size_per_image", "roi_aligned", "roi_sampling_ratio", "mask_target",
+               "rpn_valid_anchors")
 MID_EPOCH = "mid_epoch.pt"  # the within-epoch checkpoint, beside the epoch_NNN.pt ones
 
 
@@ -106,6 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-target", choices=("binary", "soft"), default=d["mask_target"],
                    help="mask-head targets: binary (the cropped mask thresholded at 0.5, the reference) or soft "
                         "(torchvision's bilinear crop)")
+    p.add_argument("--rpn-valid-anchors", action=argparse.BooleanOptionalAction, default=d["rpn_valid_anchors"],
+                   help="train the RPN only on anchors within each image's own size padded to 32, not on those in "
+                        "the padding a batch adds (the reference); --no-rpn-valid-anchors: torchvision's, all")
     add_amp_argument(p, "detector's training (fp16 with loss scaling; the reference: fp32)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
