@@ -482,3 +482,20 @@ def test_rpn_trains_no_anchor_in_the_padding_of_a_batch():
                 assert (labels[~valid] == -1).all()
             else:
                 assert (labels[~valid] == 0).any()
+
+
+def test_aspect_grouped_batches_hold_one_orientation():
+    """mmdet's GroupSampler (the reference's training loader): each batch is all landscape or all portrait;
+    the epoch keeps len // batch_size batches; with a single orientation the order is left as it was."""
+    from ggn.detector.train import aspect_grouped, epoch_order
+
+    landscape = [i % 3 == 0 for i in range(23)]
+    order = epoch_order(23, seed=0, epoch=1)
+    for batch_size in (1, 2, 4, 5):
+        grouped = aspect_grouped(order, landscape, batch_size)
+        assert len(grouped) == 23 // batch_size * batch_size
+        batches = [grouped[k:k + batch_size] for k in range(0, len(grouped), batch_size)]
+        assert all(len({landscape[i] for i in b}) == 1 for b in batches)
+        assert len(set(grouped)) >= len(grouped) - batch_size  # at most one batch completed with repeats
+    assert aspect_grouped(order, [False] * 23, 4) == order[:20]
+    assert aspect_grouped(order, landscape, 1) == order

@@ -98,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpn-batch-size-per-image", type=int, default=d["rpn_batch_size_per_image"])
     p.add_argument("--box-batch-size-per-image", type=int, default=d["box_batch_size_per_image"])
     p.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability")
+    p.add_argument("--group-by-aspect", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch landscape images with landscape ones and portrait with portrait (mmdet's GroupSampler, "
+                        "the reference), so that a batch carries little padding")
     p.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off, as the reference)")
     p.add_argument("--roi-aligned", action=argparse.BooleanOptionalAction, default=d["roi_aligned"],
                    help="RoIAlign with aligned=True (half-pixel offset), mmcv's default that the reference uses; "
@@ -203,6 +206,30 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_images, generator=gen).tolist()
 
 
+def aspect_grouped(order: list[int], landscape: list[bool], batch_size: int) -> list[int]:
+    """`order` rearranged so that each consecutive run of `batch_size` indices holds images of one orientation
+    (width > height or not: mmdet's GroupSampler flag, which the reference trains with), so that a batch pads
+    little. Batches keep the order of their first image in `order`; the result has len(order) // batch_size
+    batches, as the plain loader with drop_last, the last one completed from its own group when the two
+    leftovers do not fill it (mmdet pads a group the same way). With one orientation it is `order` itself."""
+    needed = len(order) // batch_size
+    groups: dict[bool, list[int]] = {False: [], True: []}
+    for position, index in enumerate(order):
+        groups[bool(landscape[index])].append(position)
+    batches, leftovers = [], []
+    for positions in groups.values():
+        full = len(positions) // batch_size * batch_size
+        batches += [positions[k:k + batch_size] for k in range(0, full, batch_size)]
+        if full < len(positions):
+            leftovers.append(positions[full:])
+    if len(batches) < needed:  # fill the larger leftover from the start of its own group
+        rest = max(leftovers, key=len)
+        group = groups[bool(landscape[order[rest[0]]])]
+        batches.append(rest + group[:batch_size - len(rest)])
+    batches.sort(key=lambda b: b[0])
+    return [order[p] for batch in batches[:needed] for p in batch]
+
+
 def _resume_point(epoch_dir: Path) -> tuple[Path | None, dict | None]:
     """The saved state furthest on: the last epoch checkpoint or the mid-epoch one, whichever is later."""
     found = [p for p in (latest_epoch_checkpoint(epoch_dir), epoch_dir / MID_EPOCH) if p is not None and p.is_file()]
@@ -234,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.train_json} has no images to train on: no image has an object of a seen class "
                          "(`ggn split` drops the others) or pseudo-GT; check `seen`")
     dataset.base.verify_images()  # every image readable and of its annotated size, before the first step
+    landscape = [int(dataset.base.images[i]["width"]) > int(dataset.base.images[i]["height"]) for i in dataset.base.ids]
     config = model_config(args)
     model = build_detector(config).to(device)
     if args.pretrained:
@@ -325,6 +353,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             # Seeded per epoch so that a resumed run sees the same order as an uninterrupted one.
             order = epoch_order(len(dataset), args.seed, epoch)
+        if args.group_by_aspect:
+            order = aspect_grouped(order, landscape, args.batch_size)
         # The loader draws its worker base seed from a generator of its own, never from the global one that the
         # detector's samplers use: a resumed epoch then draws exactly what the uninterrupted one did.
         gen = torch.Generator().manual_seed(args.seed * 1000 + epoch + 1_000_003 * rank)
