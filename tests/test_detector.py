@@ -499,3 +499,24 @@ def test_aspect_grouped_batches_hold_one_orientation():
         assert len(set(grouped)) >= len(grouped) - batch_size  # at most one batch completed with repeats
     assert aspect_grouped(order, [False] * 23, 4) == order[:20]
     assert aspect_grouped(order, landscape, 1) == order
+
+
+def test_fpn_and_box_head_initialised_as_mmdet():
+    """mmdet 2.x (the reference): FPN convs Xavier-uniform, box-head FCs Xavier-uniform, classifier normal(0.01),
+    regressor normal(0.001), zero biases; torchvision's FPN uses Kaiming-uniform(a=1)."""
+    import math
+
+    torch.manual_seed(0)
+    model = build_detector(detector_config(**{**TINY_MODEL, "fpn_channels": 64, "representation_size": 256}))
+    conv = model.backbone.fpn.inner_blocks[3][0]  # lateral 1x1, 512 -> 64 channels
+    bound = math.sqrt(6 / (conv.in_channels + conv.out_channels))
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound and not conv.bias.any()
+    fc6 = model.roi_heads.box_head.fc6
+    assert fc6.weight.abs().max() <= math.sqrt(6 / sum(fc6.weight.shape)) and not fc6.bias.any()
+    pred = model.roi_heads.box_predictor
+    assert abs(pred.cls_score.weight.std().item() - 0.01) < 0.003
+    assert abs(pred.bbox_pred.weight.std().item() - 0.001) < 0.0003
+    torch.manual_seed(0)
+    plain = build_detector(detector_config(**{**TINY_MODEL, "fpn_channels": 64, "head_init": "torchvision"}))
+    # torchvision: Kaiming-uniform(a=1), bound sqrt(3 / fan_in), narrower here
+    assert plain.backbone.fpn.inner_blocks[3][0].weight.abs().max() <= math.sqrt(3 / 512) < 0.8 * bound

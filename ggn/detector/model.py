@@ -64,13 +64,18 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # RPN training: anchors at feature cells beyond the image's own size padded to 32 are neither positive nor
     # negative (mmdet's AnchorGenerator.valid_flags on the image's pad_shape); torchvision samples them all.
     "rpn_valid_anchors": True,
+    # Initialisation of the layers ImageNet weights do not cover: "reference" (mmdet 2.x: FPN convs Xavier-uniform,
+    # box-head FCs Xavier-uniform, classifier normal(0.01), box regressor normal(0.001), biases 0) or "torchvision"
+    # (its own: FPN Kaiming-uniform(a=1), nn.Linear defaults). RPN and mask head are the same in both.
+    "head_init": "reference",
 }
 
 
 # Checkpoints written before these keys existed were trained with trainable BN, three anchor ratios and
 # torchvision's smooth-L1 losses; they load as they were trained.
 LEGACY_CONFIG = {"norm": "bn", "frozen_stages": -1, "anchor_ratios": [0.5, 1.0, 2.0], "box_loss": "smooth_l1",
-                 "roi_aligned": False, "roi_sampling_ratio": 2, "mask_target": "soft", "rpn_valid_anchors": False}
+                 "roi_aligned": False, "roi_sampling_ratio": 2, "mask_target": "soft", "rpn_valid_anchors": False,
+                 "head_init": "torchvision"}
 
 
 def detector_config(**overrides: Any) -> dict[str, Any]:
@@ -179,9 +184,37 @@ def build_detector(config: dict[str, Any]) -> MaskRCNN:
         model.roi_heads.mask_target_binary, model.roi_heads.mask_target_aligned = binary, aligned
     else:
         use_mask_targets(model.roi_heads, binary, aligned)
+    if cfg["head_init"] not in HEAD_INITS:
+        raise InputError(f"unknown head_init {cfg['head_init']!r}; choose one of {', '.join(HEAD_INITS)}")
+    if cfg["head_init"] == "reference":
+        reference_init(model)
     for module in (model.roi_heads.mask_head, model.roi_heads.mask_predictor):
         chunk_inference(module, MASK_CHUNK)
     return model
+
+
+HEAD_INITS = ("reference", "torchvision")
+
+
+def reference_init(model: MaskRCNN) -> None:
+    """mmdet 2.x's initialisation of FPN and box head (fpn.py `init_weights`: xavier_init uniform; convfc_bbox_head.py:
+    shared FCs xavier_uniform_; bbox_head.py: fc_cls normal(0, 0.01), fc_reg normal(0, 0.001); biases 0). The RPN
+    head (normal 0.01) and the mask head (Kaiming-normal, fan_out) are initialised alike by torchvision already;
+    OLN's own heads keep their initialisation (ggn/detector/oln.py)."""
+    for m in model.backbone.fpn.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in model.roi_heads.box_head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    predictor = model.roi_heads.box_predictor
+    if isinstance(predictor, FastRCNNPredictor):
+        nn.init.normal_(predictor.cls_score.weight, 0, 0.01)
+        nn.init.normal_(predictor.bbox_pred.weight, 0, 0.001)
+        nn.init.zeros_(predictor.cls_score.bias)
+        nn.init.zeros_(predictor.bbox_pred.bias)
 
 
 # RoIs per pass through the mask branch at inference. Over 1500 detections at once, CPU convolution's

@@ -39,7 +39,7 @@ MODEL_FLAGS = ("kind", "backbone", "norm", "frozen_stages", "anchor_ratios", "bo
                "representation_size", "mask_channels", "mask_layers", "anchor_sizes", "min_size", "max_size",
                "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_batch_size_per_image",
                "box_batch_size_per_image", "roi_aligned", "roi_sampling_ratio", "mask_target",
-               "rpn_valid_anchors")
+               "rpn_valid_anchors", "head_init")
 MID_EPOCH = "mid_epoch.pt"  # the within-epoch checkpoint, beside the epoch_NNN.pt ones
 
 
@@ -113,6 +113,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpn-valid-anchors", action=argparse.BooleanOptionalAction, default=d["rpn_valid_anchors"],
                    help="train the RPN only on anchors within each image's own size padded to 32, not on those in "
                         "the padding a batch adds (the reference); --no-rpn-valid-anchors: torchvision's, all")
+    p.add_argument("--head-init", choices=("reference", "torchvision"), default=d["head_init"],
+                   help="initialisation of FPN and box head: mmdet 2.x's (Xavier-uniform; classifier and regressor "
+                        "normal 0.01 / 0.001: the reference) or torchvision's")
     add_amp_argument(p, "detector's training (fp16 with loss scaling; the reference: fp32)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
