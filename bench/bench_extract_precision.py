@@ -8,6 +8,7 @@ measured choice.
 Variants, all through ggn.pa.model.predict_affinity (what `ggn extract` runs):
   (a) batch8_bf16   batches of 8 consecutive images padded to a common size, under bf16 autocast
                     (`--batching padded --amp on`: what extraction did before the paper rows were set to fp32)
+  (a') batch8_fp32  the same padded batches in fp32: what the padding alone changes
   (b) single_fp32   one image at a time at native size in fp32 (the reference, tools/extract_pa_masks.py)
   (c) same8_fp32    batches of up to 8 images of identical size, unpadded, fp32 (`--batching same_size --amp off`,
                     the paper rows' setting: the same output as (b), faster)
@@ -45,6 +46,7 @@ from ggn.synth import SceneOptions, render_image  # noqa: E402
 
 VARIANTS = {  # name: (batch_size, batching, amp)
     "batch8_bf16": (8, "padded", "on"),
+    "batch8_fp32": (8, "padded", "off"),
     "single_fp32": (1, "same_size", "off"),
     "same8_fp32": (8, "same_size", "off"),
 }
@@ -166,7 +168,7 @@ def main() -> None:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
         list(pool.map(group, outputs[REFERENCE][:args.workers]))  # start the workers before timing
-        for name in (REFERENCE, "batch8_bf16", "same8_fp32"):
+        for name in (REFERENCE, "batch8_bf16", "batch8_fp32", "same8_fp32"):
             t0 = time.perf_counter()
             candidates[name] = list(pool.map(group, outputs[name]))
             group_ips[name] = len(images) / (time.perf_counter() - t0)
@@ -185,10 +187,11 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<14}{r['max_abs_diff']:>14.2e}{r['top20_matched']:>15.3f}{r['kept']:>10.1f}"
               f"{r['network_images_per_s']:>11.1f}{r['grouping_images_per_s']:>13.1f}")
-    a, b, c = rows["batch8_bf16"], rows[REFERENCE], rows["same8_fp32"]
+    a, p, b, c = rows["batch8_bf16"], rows["batch8_fp32"], rows[REFERENCE], rows["same8_fp32"]
     summary = (f"SUMMARY {device.type} {len(images)} images {size}px: batch8_bf16 vs single_fp32: PA max|diff| "
                f"{a['max_abs_diff']:.3g}, top-20 matched {a['top20_matched']:.1%}, network "
-               f"{a['network_images_per_s']:.1f} vs {b['network_images_per_s']:.1f} img/s; same8_fp32: max|diff| "
+               f"{a['network_images_per_s']:.1f} vs {b['network_images_per_s']:.1f} img/s; padding alone (batch8_fp32): "
+               f"max|diff| {p['max_abs_diff']:.3g}, matched {p['top20_matched']:.1%}; same8_fp32: max|diff| "
                f"{c['max_abs_diff']:.3g}, matched {c['top20_matched']:.1%}, {c['network_images_per_s']:.1f} img/s; "
                f"{time.perf_counter() - started:.0f} s in all")
     if args.out:
