@@ -29,7 +29,12 @@ class CocoInstances(torch.utils.data.Dataset):
 
     `add_annotations` appends others (e.g. pseudo-GT) to the file's own per image; crowd regions are
     returned with iscrowd=True so that consumers can ignore them rather than learn them as background.
+    `box_source` "annotation": each box is the annotation's own `bbox` (the reference: mmdet's CocoDataset
+    reads `gt_bboxes` from `bbox`), the tight box of the rasterised mask where the annotation has no usable
+    bbox (missing, or under 1 px wide or high); "mask": always the rasterised mask's tight box.
     """
+
+    box_source = "mask"
 
     def __init__(self, ann_file: str | Path, image_root: str | Path, image_ids: list[int] | None = None,
                  with_annotations: bool = True):
@@ -105,7 +110,7 @@ class CocoInstances(torch.utils.data.Dataset):
         info = self.images[image_id]
         image = load_image(self.image_root, info)
         h, w = image.shape[:2]
-        masks, crowd = [], []
+        masks, crowd, boxes = [], [], []
         for ann in self.anns.get(image_id, []):
             seg = ann.get("segmentation")
             if not seg:
@@ -115,15 +120,35 @@ class CocoInstances(torch.utils.data.Dataset):
                 continue
             masks.append(m)
             crowd.append(bool(ann.get("iscrowd", 0)))
+            boxes.append(annotation_box(ann) if self.box_source == "annotation" else None)
         masks_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.bool)
+        boxes_t = masks_to_boxes(masks_t)
+        for i, box in enumerate(boxes):
+            if box is not None:
+                boxes_t[i] = torch.tensor(box, dtype=torch.float32)
         target = {
             "masks": masks_t,
-            "boxes": masks_to_boxes(masks_t),
+            "boxes": boxes_t,
             "labels": torch.ones(len(masks), dtype=torch.int64),
             "iscrowd": torch.tensor(crowd, dtype=torch.bool),
             "image_id": int(image_id),
         }
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), target
+
+
+def annotation_box(ann: dict) -> list[float] | None:
+    """The annotation's `bbox` [x, y, w, h] as xyxy, or None when it is missing or under 1 px wide or high
+    (mmdet's CocoDataset skips such boxes; here the mask's own box stands in)."""
+    box = ann.get("bbox")
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError):
+        return None
+    if not all(np.isfinite([x, y, w, h])) or w < 1 or h < 1:
+        return None
+    return [x, y, x + w, y + h]
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

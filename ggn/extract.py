@@ -14,9 +14,10 @@ inputs are refused rather than mixed in. When every image is done the parts are 
 (atomically), the summary is written to ``{out}.summary.json`` and the parts folder is removed.
 
 Row layout (``SHARD_SCHEMA``): one row per candidate; ``rank`` counts from 0 (best) within its image;
-``gt_iou`` is the candidate's best IoU with the image's ground-truth masks in the annotation file
-(crowd regions scored as crowd, i.e. intersection over candidate area), 0.0 for an image without
-annotations in a file that has them, and null when the file carries no "annotations" list at all
+``gt_iou`` is the candidate's best IoU with the image's non-crowd ground-truth masks in the annotation
+file (crowd regions are left out, as the reference's ground truth for it: coco_split.py `_parse_ann_info`
+puts crowd boxes aside and keeps no crowd mask), 0.0 for an image without such annotations in a file that
+has them, and null when the file carries no "annotations" list at all
 (image lists such as ImageNet) or with ``--no-gt``.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pycocotools import mask as mask_utils
 
 from ggn.io import InputError, atomic_open, atomic_write_json, file_sha256
 from ggn.masks import ann_to_rle
+from ggn.precision import add_amp_argument
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ def summary_path_for(out: str | os.PathLike) -> Path:
 
 
 class GroundTruth:
-    """Seen-class GT masks of the images of one shard as RLEs, for the `gt_iou` column."""
+    """Seen-class non-crowd GT masks of the images of one shard as RLEs, for the `gt_iou` column. Crowd
+    regions are not ground truth here, as in the reference (its `gt_masks` hold no crowd region), so a
+    candidate inside a crowd keeps a low gt_iou and can become pseudo-GT."""
 
     def __init__(self, coco: dict, image_ids: Iterable[int], use_gt: bool = True):
         self.available = use_gt and isinstance(coco.get("annotations"), list)
@@ -98,7 +102,7 @@ class GroundTruth:
         if self.available:
             for ann in coco["annotations"]:
                 iid = int(ann["image_id"])
-                if iid in wanted and ann.get("segmentation"):
+                if iid in wanted and ann.get("segmentation") and not ann.get("iscrowd", 0):
                     self._anns.setdefault(iid, []).append(ann)
 
     def for_image(self, image_id: int) -> tuple[list[dict], list[int]] | None:
@@ -291,7 +295,8 @@ def _read(image_root: Path, info: dict) -> np.ndarray | str:
 def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.PathLike, images: str | os.PathLike,
                   shard: int, num_shards: int, out: str | os.PathLike, *, affinity: str = "network",
                   input_size: int | None = None,
-                  batch_size: int = 8, flush_every: int = 64, device: str = "auto", top_k: int = 20,
+                  batch_size: int = 8, batching: str = "padded", amp: str = "auto",
+                  flush_every: int = 64, device: str = "auto", top_k: int = 20,
                   propose_params: dict | None = None, grouping: str = "paper", max_images: int | None = None,
                   no_gt: bool = False, workers: int = 0, after_flush: Callable[[Path], None] | None = None,
                   max_input_pixels: int = MAX_INPUT_PIXELS) -> dict:
@@ -313,6 +318,11 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
     out, images = Path(out), Path(images)
     checkpoint = Path(checkpoint) if affinity == "network" else None
     propose_params = dict(propose_params or {})
+    from ggn.pa.model import BATCHINGS
+    from ggn.precision import AMP_MODES
+
+    if batching not in BATCHINGS or amp not in AMP_MODES:
+        raise InputError(f"--batching {batching!r} / --amp {amp!r}: choose from {BATCHINGS} / {AMP_MODES}")
     if batch_size < 1 or flush_every < 1 or top_k < 0:
         raise InputError("--batch-size and --flush-every must be >= 1, --top-k >= 0 (0: every candidate)")
     import pa_lib
@@ -341,7 +351,8 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
         ids = ids[:max_images]
     settings = {"checkpoint": file_sha256(checkpoint) if checkpoint is not None else affinity,
                 "annotations": coco_sha, "shard": shard, "num_shards": num_shards, "input_size": input_size,
-                "top_k": top_k, "propose_params": propose_params, "max_images": max_images, "no_gt": no_gt,
+                "batching": batching, "amp": amp, "top_k": top_k, "propose_params": propose_params,
+                "max_images": max_images, "no_gt": no_gt,
                 **({"max_input_pixels": max_input_pixels} if max_input_pixels != MAX_INPUT_PIXELS else {})}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     parts = ShardParts(out, fingerprint)
@@ -354,6 +365,7 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
 
     if todo:
         _run_images(todo, gt, images, checkpoint, parts, input_size=input_size, batch_size=batch_size,
+                    batching=batching, amp=amp,
                     flush_every=flush_every, device=device, top_k=top_k, params=propose_params,
                     workers=workers, after_flush=after_flush, max_input_pixels=max_input_pixels,
                     progress=tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img",
@@ -370,7 +382,8 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
         "candidates_written": parts.candidates, "seconds": round(parts.seconds, 3),
         "seconds_per_image": round(parts.seconds / max(len(ids), 1), 4),
         "checkpoint": None if checkpoint is None else str(checkpoint), "affinity": affinity,
-        "annotations": str(annotations), "input_size": input_size, "top_k": top_k, "propose_params": propose_params,
+        "annotations": str(annotations), "input_size": input_size, "batch_size": batch_size,
+        "batching": batching, "amp": amp, "top_k": top_k, "propose_params": propose_params,
         "gt_iou": "null" if not gt.available else "computed",
         "out": str(out),
     }
@@ -388,13 +401,14 @@ def extract_shard(checkpoint: str | os.PathLike | None, annotations: str | os.Pa
 
 
 def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: Path | None, parts: ShardParts, *,
-                input_size: int | None, batch_size: int, flush_every: int, device: str, top_k: int,
-                params: dict, workers: int, after_flush, progress, max_input_pixels: int = 0) -> None:
+                input_size: int | None, batch_size: int, batching: str, amp: str, flush_every: int, device: str,
+                top_k: int, params: dict, workers: int, after_flush, progress, max_input_pixels: int = 0) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from ggn.io import pick_device
     from ggn.pa.model import inference_size, load_pa_model, predict_affinity, resized_shape
+    from ggn.precision import autocast_dtype
 
     if checkpoint is None:  # the no-learning control: affinity from the image gradient
         from ggn.control import gradient_affinity
@@ -409,11 +423,13 @@ def _run_images(todo: list[int], gt: GroundTruth, image_root: Path, checkpoint: 
     else:
         dev = pick_device(device)
         model, config = load_pa_model(checkpoint, dev)
-        log.info("PA model from %s on %s, input size %s, %d grouping workers",
-                 checkpoint, dev, inference_size(config, input_size) or "native", workers)
+        log.info("PA model from %s on %s, input size %s, batches of %d (%s), %s, %d grouping workers",
+                 checkpoint, dev, inference_size(config, input_size) or "native", batch_size, batching,
+                 "fp32" if autocast_dtype(amp, dev) is None else f"autocast {autocast_dtype(amp, dev)}", workers)
 
         def affinities_of(batch: list[np.ndarray]) -> list[np.ndarray]:
-            return predict_affinity(model, batch, config, dev, input_size=input_size, batch_size=batch_size)
+            return predict_affinity(model, batch, config, dev, input_size=input_size, batch_size=batch_size,
+                                    amp=amp, batching=batching)
 
         net_size = inference_size(config, input_size)
 
@@ -523,6 +539,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="long side of the network input (default: the checkpoint's input_size; 0: native "
                              "resolution, as the reference)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--batching", choices=("padded", "same_size"), default="padded",
+                        help="padded: consecutive images padded to a common size share a pass (the padding is seen "
+                             "by the pyramid pooling); same_size: only images of identical size share a pass, "
+                             "unpadded, so each image gets the output it gets alone (the reference runs one image "
+                             "at a time at native size: the paper rows)")
+    add_amp_argument(parser, "PA network's inference")
     parser.add_argument("--flush-every", type=int, default=64,
                         help="images per flushed part file (the unit of resuming; memory stays flat)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -546,7 +568,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     extract_shard(args.checkpoint, args.annotations, args.images, args.shard, args.num_shards, args.out,
-                  affinity=args.affinity, input_size=args.input_size, batch_size=args.batch_size, flush_every=args.flush_every,
+                  affinity=args.affinity, input_size=args.input_size, batch_size=args.batch_size,
+                  batching=args.batching, amp=args.amp, flush_every=args.flush_every,
                   device=args.device, top_k=args.top_k, propose_params=parse_propose_params(args.propose_params),
                   grouping=args.grouping,
                   max_images=args.max_images, no_gt=args.no_gt, workers=args.workers,

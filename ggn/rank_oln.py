@@ -19,9 +19,13 @@ suppressed: the workflow asks for that when an experiment has ``rank.by: oln``).
 schema (``score`` is the combined score, ``rank`` its order; ``gt_iou`` is kept), which ``ggn merge`` reads
 like any other. Resumable: parts are flushed every ``--flush-every`` images, as in ``ggn extract``.
 
-Differences from the reference, by design: the box is scaled with the image to the detector's input size
-(the reference passes the potential's coordinates to a network that sees the resized image), and the NMS
-compares masks at the original resolution (the reference compares the same regions at the potential's).
+Resolution: the reference scores with the extraction pipeline's image, i.e. at the native resolution with
+scale factor 1 (pa_extract.py's test pipeline has no Resize; oln_ranker.py runs `extract_feat` on that image
+and passes boxes in its coordinates). `--resolution native` (the default) does the same: the OLN network sees
+the unresized image, padded at the bottom/right to a multiple of 32 (torchvision derives anchor strides from
+the padded size), and the boxes stay in image coordinates. `--resolution detector` resizes image and boxes
+to the detector's training scale (min_size/max_size) instead. The NMS compares masks at the original
+resolution, which for a native-resolution potential is the reference's.
 """
 from __future__ import annotations
 
@@ -50,17 +54,30 @@ log = logging.getLogger(__name__)
 PA_WEIGHT = 0.5  # oln_ranker.py: pa_scores / 2
 NMS = 0.2        # pa_extract.py's pa_to_masks nms, which the OLN ranker applies after re-scoring
 TOP_K = 20       # candidates kept per image, as the grouping keeps
+RESOLUTIONS = ("native", "detector")
 IOU_CHUNK = 64   # candidate boxes per anchor-IoU block (memory: chunk x anchors floats)
 
 
 @torch.inference_mode()
-def oln_box_scores(model, image: np.ndarray, boxes: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(box_score, centerness) of xyxy `boxes` (original image coordinates) under an OLN detector."""
+def oln_box_scores(model, image: np.ndarray, boxes: np.ndarray, device: torch.device,
+                   resolution: str = "native") -> tuple[np.ndarray, np.ndarray]:
+    """(box_score, centerness) of xyxy `boxes` (original image coordinates) under an OLN detector, with the
+    image at its native size (scale factor 1, the reference) or resized as the detector was trained."""
+    from torchvision.models.detection.image_list import ImageList
+
     from ggn.detector.oln import flatten_levels
     from ggn.detector.predict import image_tensor
 
-    tensor = image_tensor(model, image, device)  # a huge image shrunk a channel at a time, as predict does
-    batch, _ = model.transform([tensor])
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution {resolution!r}: choose one of {', '.join(RESOLUTIONS)}")
+    if resolution == "native":  # the reference's scale factor 1: the image as it is (no shrinking, however large)
+        tensor = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255)
+        normalized = model.transform.normalize(tensor)
+        batch = ImageList(model.transform.batch_images([normalized], size_divisible=32),
+                          [tuple(image.shape[:2])])
+    else:
+        tensor = image_tensor(model, image, device)  # a huge image shrunk a channel at a time, as predict does
+        batch, _ = model.transform([tensor])
     features = model.backbone(batch.tensors)
     resized = batch.image_sizes[0]
     scaled = resize_boxes(torch.as_tensor(boxes, dtype=torch.float32, device=device), image.shape[:2], resized)
@@ -142,7 +159,7 @@ def rerank_rows(rows: pa.Table, box_score: np.ndarray, centerness: np.ndarray, n
 
 def rank_shard(shard: str | Path, checkpoint: str | Path, annotations: str | Path, images: str | Path,
                out: str | Path, *, nms: float = NMS, top_k: int = TOP_K, pa_weight: float = PA_WEIGHT,
-               device: str = "auto", flush_every: int = 64, threads: int = 0) -> dict:
+               resolution: str = "native", device: str = "auto", flush_every: int = 64, threads: int = 0) -> dict:
     from tqdm import tqdm
 
     from ggn.detector.model import load_detector
@@ -155,6 +172,8 @@ def rank_shard(shard: str | Path, checkpoint: str | Path, annotations: str | Pat
         return json.loads(summary.read_text()) if summary.is_file() else {}
     if top_k < 1 or flush_every < 1:
         raise InputError("--top-k and --flush-every must be >= 1")
+    if resolution not in RESOLUTIONS:
+        raise InputError(f"--resolution {resolution!r}: choose one of {', '.join(RESOLUTIONS)}")
     shard_file = _open_shard(shard)  # exists, readable, extract's columns
     shard_meta_raw = (shard_file.schema_arrow.metadata or {}).get(META_SHARD)
     if not checkpoint.is_file():
@@ -167,7 +186,7 @@ def rank_shard(shard: str | Path, checkpoint: str | Path, annotations: str | Pat
     del coco
 
     settings = {"shard": file_sha256(shard), "checkpoint": file_sha256(checkpoint), "annotations": coco_sha,
-                "nms": nms, "top_k": top_k, "pa_weight": pa_weight}
+                "nms": nms, "top_k": top_k, "pa_weight": pa_weight, "resolution": resolution}
     parts = ShardParts(out, hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest())
     if threads:
         torch.set_num_threads(threads)
@@ -204,7 +223,7 @@ def rank_shard(shard: str | Path, checkpoint: str | Path, annotations: str | Pat
         else:
             boxes = np.asarray(rows["bbox"].to_pylist(), dtype=np.float64)
             boxes[:, 2:] += boxes[:, :2]
-            box_score, centerness = oln_box_scores(model, image, boxes, dev)
+            box_score, centerness = oln_box_scores(model, image, boxes, dev, resolution)
             pending.append(rerank_rows(rows, box_score, centerness, nms, top_k, pa_weight))
         pending_ids.append(image_id)
         if len(pending_ids) >= flush_every:
@@ -218,7 +237,7 @@ def rank_shard(shard: str | Path, checkpoint: str | Path, annotations: str | Pat
         "images_skipped": len(parts.skipped), "skipped": {str(k): v for k, v in sorted(parts.skipped.items())},
         "candidates_in": candidates_in, "candidates_out": parts.candidates,
         "seconds": round(parts.seconds, 3), "seconds_per_image": round(parts.seconds / max(len(parts.done), 1), 4),
-        "nms": nms, "top_k": top_k, "pa_weight": pa_weight, "out": str(out),
+        "nms": nms, "top_k": top_k, "pa_weight": pa_weight, "resolution": resolution, "out": str(out),
     }
     atomic_write_json(summary_path_for(out), summary, indent=2)
     meta["images_skipped"] = int(meta.get("images_skipped", 0)) + len(parts.skipped)
@@ -245,6 +264,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=TOP_K, help="candidates kept per image after the NMS")
     parser.add_argument("--pa-weight", type=float, default=PA_WEIGHT,
                         help="weight of the grouping score in pa_weight*pa + box + box*centerness")
+    parser.add_argument("--resolution", choices=RESOLUTIONS, default="native",
+                        help="native: the OLN network sees the image at its own size, scale factor 1 (the reference: "
+                             "the extraction pipeline's image); detector: resized to the detector's min/max size")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--flush-every", type=int, default=64, help="images per flushed part (the unit of resuming)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -253,5 +275,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     rank_shard(args.shard, args.checkpoint, args.annotations, args.images, args.out, nms=args.nms,
                top_k=args.top_k, pa_weight=args.pa_weight, device=args.device, flush_every=args.flush_every,
-               threads=args.threads)
+               resolution=args.resolution, threads=args.threads)
     return 0

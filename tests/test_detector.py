@@ -359,3 +359,164 @@ def test_pseudo_gt_alone_trains_only_the_images_that_have_some(tiny_coco, tmp_pa
     with_gt = build_training_dataset(train_json, images, "ggn", pseudo_gt=tmp_path / "pseudo.json", flip=0)
     assert len(with_gt) == len(coco["images"])  # with ground truth: every image, GT + pseudo-GT
     assert len(with_gt[1][1]["masks"]) == 2 * sum(a["image_id"] == 2 for a in coco["annotations"])
+
+
+def test_roi_align_and_mask_targets_are_the_references():
+    """The reference's RoI extractors are mmcv RoIAlign(sampling_ratio=0) with aligned=True (mmcv's default;
+    class_agn_mask_rcnn_pa.py bbox/mask_roi_extractor) and its mask targets are binarised at 0.5
+    (mmdet BitmapMasks.crop_and_resize(binarize=True)); LEGACY_CONFIG rebuilds torchvision's for old checkpoints."""
+    from torchvision.models.detection.roi_heads import project_masks_on_boxes
+    from torchvision.ops import MultiScaleRoIAlign, roi_align
+
+    from ggn.detector.model import LEGACY_CONFIG, AlignedMultiScaleRoIAlign, mask_targets
+
+    for kind in ("maskrcnn", "oln"):
+        model = build_detector(detector_config(kind=kind, **TINY_MODEL))
+        for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+            assert type(pool) is AlignedMultiScaleRoIAlign and pool.sampling_ratio == 0
+    legacy = build_detector(detector_config(**{**TINY_MODEL, **LEGACY_CONFIG}))
+    assert type(legacy.roi_heads.box_roi_pool) is MultiScaleRoIAlign and legacy.roi_heads.box_roi_pool.sampling_ratio == 2
+
+    # the pooler: each RoI pooled with aligned=True on its level (a 20 px box on the stride-4 level)
+    torch.manual_seed(0)
+    feats = {str(i): torch.randn(1, 3, 64 >> i, 64 >> i) for i in range(4)}
+    box = torch.tensor([[10.3, 5.7, 30.1, 25.2]])
+    pool = AlignedMultiScaleRoIAlign(["0", "1", "2", "3"], 7, 0)
+    got = pool(feats, [box], [(256, 256)])
+    rois = torch.cat([torch.zeros(1, 1), box], 1)
+    assert torch.allclose(got, roi_align(feats["0"], rois, 7, 0.25, 0, aligned=True))
+    assert not torch.allclose(got, roi_align(feats["0"], rois, 7, 0.25, 0, aligned=False))
+
+    # mask targets: binary ones are 0/1, the soft ones torchvision's own
+    masks = torch.zeros(2, 40, 40)
+    masks[0, 8:30, 5:21] = 1
+    masks[1, 0:13, 17:39] = 1
+    boxes = torch.tensor([[4.0, 6.0, 24.0, 33.0], [15.0, 0.0, 39.0, 15.0], [2.5, 2.5, 19.5, 19.5]])
+    matched = torch.tensor([0, 1, 0])
+    binary = mask_targets(masks, boxes, matched, 28, binary=True, aligned=True)
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    soft = mask_targets(masks, boxes, matched, 28, binary=False, aligned=False)
+    assert torch.equal(soft, project_masks_on_boxes(masks, boxes, matched, 28))
+    assert ((soft > 0) & (soft < 1)).any()
+
+
+@pytest.mark.parametrize("kind", ["maskrcnn", "oln"])
+def test_mask_loss_uses_the_configured_targets(tiny_coco, kind):
+    """Same weights, same sample: the soft-target model's loss_mask is torchvision's; the reference model's
+    differs from it (binarised, aligned targets) and is finite."""
+    dataset = build_training_dataset(*tiny_coco, flip=0)
+    images, targets = collate([dataset[0], dataset[1]])
+    losses = {}
+    for name, extra in (("reference", {}), ("torchvision", dict(mask_target="soft", roi_aligned=False,
+                                                                 roi_sampling_ratio=2))):
+        torch.manual_seed(0)
+        model = build_detector(detector_config(kind=kind, **TINY_MODEL, **extra)).train()
+        torch.manual_seed(1)
+        losses[name] = model(list(images), [dict(t) for t in targets])["loss_mask"]
+    assert torch.isfinite(losses["reference"]) and losses["reference"] > 0
+    assert not torch.isclose(losses["reference"], losses["torchvision"])
+
+
+def test_ground_truth_boxes_are_the_annotations_own(tiny_coco, tmp_path):
+    """The reference trains on each annotation's `bbox` (coco_split.py `_parse_ann_info`), not on a box rebuilt
+    from the rasterised mask: a polygon's box has sub-pixel corners that rasterising rounds away. A bbox under
+    1 px (which mmdet skips) falls back to the mask's box; `--boxes mask` keeps the mask's box."""
+    from ggn.coco_data import masks_to_boxes
+
+    ann_file, images = tiny_coco
+    coco = json.loads(Path(ann_file).read_text())
+    first = coco["images"][0]["id"]
+    anns = [a for a in coco["annotations"] if a["image_id"] == first and not a.get("iscrowd")]
+    assert len(anns) >= 2
+    anns[0]["bbox"] = [a + 0.3 for a in anns[0]["bbox"][:2]] + list(anns[0]["bbox"][2:])
+    anns[1]["bbox"] = [anns[1]["bbox"][0], anns[1]["bbox"][1], 0.5, 3.0]
+    edited = tmp_path / "train.json"
+    edited.write_text(json.dumps(coco))
+    by_annotation = build_training_dataset(edited, images, flip=0, boxes="annotation")
+    index = by_annotation.base.ids.index(first)
+    _, target = by_annotation[index]
+    from_masks = masks_to_boxes(target["masks"])
+    x, y, w, h = anns[0]["bbox"]
+    assert torch.allclose(target["boxes"][0], torch.tensor([x, y, x + w, y + h]))
+    assert not torch.equal(target["boxes"][0], from_masks[0])
+    assert torch.equal(target["boxes"][1], from_masks[1])  # the 0.5 px wide bbox: the mask's box
+    _, by_mask = build_training_dataset(edited, images, flip=0, boxes="mask")[index]
+    assert torch.equal(by_mask["boxes"], from_masks)
+    with pytest.raises(InputError, match="--boxes"):
+        build_training_dataset(edited, images, boxes="polygon")
+
+
+def test_rpn_trains_no_anchor_in_the_padding_of_a_batch():
+    """A landscape and a portrait image batched together: the anchors beyond each image's own size (padded
+    to 32) take no part in RPN assignment or sampling, as the reference's valid flags (pad_shape); torchvision's
+    RPN (`rpn_valid_anchors: false`) samples them as negatives."""
+    from torchvision.models.detection.image_list import ImageList
+
+    from ggn.detector.model import valid_anchor_flags
+
+    flags = valid_anchor_flags([(24, 24), (12, 12)], (96, 96), (64, 96), 1)
+    assert flags[:576].view(24, 24)[:16].all() and not flags[:576].view(24, 24)[16:].any()
+    assert flags[576:].view(12, 12)[:8].all() and not flags[576:].view(12, 12)[8:].any()
+
+    images = ImageList(torch.randn(2, 3, 96, 96), [(64, 96), (96, 64)])
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]])}, {"boxes": torch.tensor([[5.0, 50.0, 30.0, 90.0]])}]
+    for exclude in (True, False):
+        torch.manual_seed(0)
+        model = build_detector(detector_config(rpn_valid_anchors=exclude, **TINY_MODEL)).train()
+        seen = {}
+        sampler = model.rpn.fg_bg_sampler
+
+        def spy(labels, sampler=sampler):
+            seen["labels"] = [lab.clone() for lab in labels]
+            return sampler(labels)
+
+        model.rpn.fg_bg_sampler = spy
+        features = model.backbone(images.tensors)
+        _, losses = model.rpn(images, features, targets)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sizes = [tuple(f.shape[-2:]) for f in features.values()]
+        for labels, size in zip(seen["labels"], images.image_sizes):
+            valid = valid_anchor_flags(sizes, (96, 96), size, 1)
+            assert (~valid).sum() > 0 and (labels[valid] >= 0).any() and (labels[valid] == 1).any()
+            if exclude:
+                assert (labels[~valid] == -1).all()
+            else:
+                assert (labels[~valid] == 0).any()
+
+
+def test_aspect_grouped_batches_hold_one_orientation():
+    """mmdet's GroupSampler (the reference's training loader): each batch is all landscape or all portrait;
+    the epoch keeps len // batch_size batches; with a single orientation the order is left as it was."""
+    from ggn.detector.train import aspect_grouped, epoch_order
+
+    landscape = [i % 3 == 0 for i in range(23)]
+    order = epoch_order(23, seed=0, epoch=1)
+    for batch_size in (1, 2, 4, 5):
+        grouped = aspect_grouped(order, landscape, batch_size)
+        assert len(grouped) == 23 // batch_size * batch_size
+        batches = [grouped[k:k + batch_size] for k in range(0, len(grouped), batch_size)]
+        assert all(len({landscape[i] for i in b}) == 1 for b in batches)
+        assert len(set(grouped)) >= len(grouped) - batch_size  # at most one batch completed with repeats
+    assert aspect_grouped(order, [False] * 23, 4) == order[:20]
+    assert aspect_grouped(order, landscape, 1) == order
+
+
+def test_fpn_and_box_head_initialised_as_mmdet():
+    """mmdet 2.x (the reference): FPN convs Xavier-uniform, box-head FCs Xavier-uniform, classifier normal(0.01),
+    regressor normal(0.001), zero biases; torchvision's FPN uses Kaiming-uniform(a=1)."""
+    import math
+
+    torch.manual_seed(0)
+    model = build_detector(detector_config(**{**TINY_MODEL, "fpn_channels": 64, "representation_size": 256}))
+    conv = model.backbone.fpn.inner_blocks[3][0]  # lateral 1x1, 512 -> 64 channels
+    bound = math.sqrt(6 / (conv.in_channels + conv.out_channels))
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound and not conv.bias.any()
+    fc6 = model.roi_heads.box_head.fc6
+    assert fc6.weight.abs().max() <= math.sqrt(6 / sum(fc6.weight.shape)) and not fc6.bias.any()
+    pred = model.roi_heads.box_predictor
+    assert abs(pred.cls_score.weight.std().item() - 0.01) < 0.003
+    assert abs(pred.bbox_pred.weight.std().item() - 0.001) < 0.0003
+    torch.manual_seed(0)
+    plain = build_detector(detector_config(**{**TINY_MODEL, "fpn_channels": 64, "head_init": "torchvision"}))
+    # torchvision: Kaiming-uniform(a=1), bound sqrt(3 / fan_in), narrower here
+    assert plain.backbone.fpn.inner_blocks[3][0].weight.abs().max() <= math.sqrt(3 / 512) < 0.8 * bound

@@ -262,3 +262,25 @@ def test_missing_inputs_are_clear_errors(tmp_path, tiny_coco):
     with pytest.raises(InputError, match="no 'images' list"):
         (tmp_path / "bad.json").write_text("{}")
         extract_shard(tmp_path / "c.pt", tmp_path / "bad.json", img_dir, 0, 1, tmp_path / "o.parquet")
+
+
+def test_crowd_regions_are_not_ground_truth_for_gt_iou():
+    """The reference's gt_iou compares with its dataset's gt_masks, which hold no crowd region (coco_split.py
+    `_parse_ann_info` sends crowds to gt_bboxes_ignore): a candidate inside a crowd keeps gt_iou 0 and can
+    become pseudo-GT."""
+    from ggn.extract import GroundTruth
+
+    def square(y0, x0, n):
+        m = np.zeros((8, 10), np.uint8)
+        m[y0:y0 + n, x0:x0 + n] = 1
+        return encode_mask(m.astype(bool))
+
+    coco = {"images": [{"id": 1, "height": 8, "width": 10, "file_name": "a.png"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": square(4, 6, 4)},
+                            {"id": 2, "image_id": 1, "category_id": 1, "iscrowd": 1, "segmentation": square(0, 0, 4)}]}
+    gt = GroundTruth(coco, [1]).for_image(1)
+    assert len(gt[0]) == 1 and gt[1] == [0]
+    inside_crowd = np.zeros((1, 8, 10), bool)
+    inside_crowd[0, 0:4, 0:4] = True
+    rows = candidate_rows(1, inside_crowd, np.ones(1, np.float32), 8, 10, gt)
+    assert rows["gt_iou"] == [0.0]

@@ -97,3 +97,27 @@ def test_pretrained_backbone_file(tmp_path):
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), wrong)
     with pytest.raises(SystemExit, match="do not fit"):
         load_backbone_weights(build_pa_model(tiny_config()), wrong)
+
+
+def test_same_size_batches_give_each_image_its_output_alone():
+    """The paper rows' extraction (`--batching same_size`): a mixed batch of portrait and landscape images at
+    native size gives every image exactly what one image alone, unpadded, gets (the reference runs one image
+    at a time, tools/extract_pa_masks.py); padded batching does not for the image that gets padded."""
+    torch.manual_seed(0)
+    config = {**tiny_config(), "input_size": 0}
+    model = build_pa_model(config)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, shape, dtype=np.uint8)
+              for shape in [(45, 70, 3), (70, 45, 3), (45, 70, 3), (70, 45, 3), (45, 70, 3)]]
+    alone = [predict_affinity(model, [im], config, "cpu", batch_size=1, batching="same_size", amp="off")[0]
+             for im in images]
+    with torch.no_grad():  # alone = the bare network on the unpadded image
+        x = normalize_images(torch.from_numpy(images[1]).permute(2, 0, 1)[None], config)
+        assert np.allclose(alone[1], torch.sigmoid(model.eval()(x))[0].numpy(), atol=1e-6)
+    batched = predict_affinity(model, images, config, "cpu", batch_size=8, batching="same_size", amp="off")
+    assert [b.shape for b in batched] == [a.shape for a in alone]
+    assert max(float(np.abs(b - a).max()) for a, b in zip(alone, batched)) < 1e-5
+    padded = predict_affinity(model, images, config, "cpu", batch_size=8, batching="padded", amp="off")
+    assert max(float(np.abs(p - a).max()) for a, p in zip(alone, padded)) > 1e-3
+    with pytest.raises(ValueError, match="batching"):
+        predict_affinity(model, images, config, "cpu", batching="sorted")

@@ -45,10 +45,15 @@ def test_dataset_resizes_flips_and_pads_aligned(tiny_coco):
     bright = s["image"].float().mean(0) > 100
     on_obj = s["ids"] > 0
     assert (bright & on_obj).sum() > 0.8 * on_obj.sum()
-    batch = collate_padded([plain[0], plain[1]], size=40)
-    assert batch["images"].shape == (2, 3, 64, 64)  # padded to a multiple of 32
+    batch = collate_padded([plain[0], plain[1]], size=56)
+    assert batch["images"].shape == (2, 3, 56, 56)  # the largest of the batch and `size`, no multiple of 32
     assert batch["valid"][:, :48, :48].all() and not batch["valid"][:, 48:, :].any()
     assert not batch["ids"][:, 48:, :].any()
+    # one image per GPU (the paper rows), of a size no multiple of 32: not padded at all, as the reference
+    odd = {**plain[0], "image": plain[0]["image"][:, :45, :37], "ids": plain[0]["ids"][:45, :37],
+           "crowd": plain[0]["crowd"][:45, :37]}
+    alone = collate_padded([odd])
+    assert alone["images"].shape == (1, 3, 45, 37) and alone["valid"].all()
 
 
 def test_lr_schedule():

@@ -139,3 +139,82 @@ def test_demo_is_not_a_paper_row():
     # The demo trains from scratch for minutes on 2 cores; the table does not bind it (and it does drift).
     resolved = resolve_config(REPO / "config" / "config.yaml")["synthetic"]
     assert resolved["pa"]["pretrained"] is None and drift(resolved)
+
+
+def _paper_experiments():
+    for row in PAPER_ROWS:
+        for name, resolved in resolve_config(row).items():
+            yield f"{row.stem}:{name}", resolved
+
+
+def test_every_paper_stage_runs_fp32_as_the_reference():
+    """No reference config sets `fp16`: PA training, extraction and detector training of every paper row run
+    with autocast off (ggn.precision resolves their --amp to no autocast dtype, on CUDA too); `ggn predict` has
+    no autocast at all."""
+    import inspect
+
+    from ggn.detector import predict
+    from ggn.precision import autocast_dtype
+
+    stages = 0
+    for name, resolved in _paper_experiments():
+        for block in ("pa", "extract", "detector"):
+            if block in resolved:
+                assert resolved[block]["amp"] == "off", f"{name}: {block}.amp is {resolved[block]['amp']!r}"
+                assert autocast_dtype(resolved[block]["amp"], "cuda") is None
+                stages += 1
+        if "extract" in resolved:
+            assert resolved["extract"]["batching"] == "same_size", name
+    assert stages >= 20
+    assert "autocast" not in inspect.getsource(predict)
+    # the demo keeps autocast on CUDA (its numbers were made on CPU, where auto is fp32)
+    demo = resolve_config(REPO / "config" / "config.yaml")["synthetic"]
+    assert (demo["pa"]["amp"], demo["extract"]["amp"], demo["detector"]["amp"]) == ("auto",) * 3
+    assert autocast_dtype("auto", "cpu") is None
+
+
+def test_a_config_may_write_amp_as_yaml_reads_it():
+    """`amp: off` unquoted is YAML's false; it reaches the stage as --no-amp, i.e. "off"; `amp: on` as "on"."""
+    config = validated_config(REPO / "config" / "coco_voc_to_nonvoc.yaml")
+    exp = next(iter(config["experiments"].values()))
+    exp["pa"]["amp"], exp["extract"]["amp"], exp["detector"]["amp"] = False, True, "auto"
+    resolved = resolve_experiment(exp)
+    assert (resolved["pa"]["amp"], resolved["extract"]["amp"], resolved["detector"]["amp"]) == ("off", "on", "auto")
+    problems = "\n".join(drift(resolved))
+    assert "extract.amp" in problems and "detector.amp" in problems and "pa.amp" not in problems
+
+
+def test_built_detectors_of_the_paper_rows_have_the_references_internals():
+    """The detector each paper row trains, built from its resolved options (ResNet-18 stands in for ResNet-50 to
+    keep the test fast: nothing checked here depends on the depth): aligned RoIAlign with adaptive sampling in
+    both branches, binarised mask targets, padded anchors excluded from RPN training."""
+    import argparse
+
+    from ggn.detector.model import AlignedMultiScaleRoIAlign, build_detector
+    from ggn.detector.train import model_config
+
+    built = set()
+    for name, resolved in _paper_experiments():
+        if "detector" not in resolved:
+            continue
+        options = dict(resolved["detector"], backbone="resnet18", pretrained=None)
+        config = model_config(argparse.Namespace(**options))
+        key = json_key(config)
+        if key in built:
+            continue
+        built.add(key)
+        model = build_detector(config)
+        for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+            assert type(pool) is AlignedMultiScaleRoIAlign and pool.sampling_ratio == 0, name
+        if config["kind"] == "maskrcnn":
+            assert model.rpn.exclude_padded_anchors, name
+            assert model.roi_heads.mask_target_binary and model.roi_heads.mask_target_aligned, name
+        else:
+            assert model.roi_heads.mask_target_binary and model.roi_heads.mask_target_aligned, name
+    assert len(built) >= 3  # Mask R-CNN with BN, with GN, and OLN
+
+
+def json_key(config: dict) -> str:
+    import json
+
+    return json.dumps(config, sort_keys=True, default=str)

@@ -59,7 +59,7 @@ def test_box_score_is_the_detectors_score_of_a_proposal_of_objectness_one():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
     boxes = np.array([[5.0, 4.0, 30.0, 40.0], [40.0, 10.0, 79.0, 59.0], [0.0, 0.0, 12.0, 9.0]])
-    box_score, centerness = oln_box_scores(model, image, boxes, torch.device("cpu"))
+    box_score, centerness = oln_box_scores(model, image, boxes, torch.device("cpu"), resolution="detector")
     assert box_score.shape == centerness.shape == (3,)
 
     model.roi_heads.score_thresh, model.roi_heads.nms_thresh = 0.0, 1.0
@@ -88,6 +88,23 @@ def test_box_score_is_the_detectors_score_of_a_proposal_of_objectness_one():
             union = (b[2] - b[0]) * (b[3] - b[1]) + (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1]) - inter
             best = int(np.argmax(inter / union))
             assert centerness[i] == pytest.approx(float(torch.sigmoid(flat[0, best])), rel=1e-5)
+
+
+def test_native_resolution_scores_the_unresized_image_with_boxes_as_given():
+    """The reference ranks with the extraction pipeline's image: native size, scale factor 1. The native path
+    equals the detector's own path when the detector's resize is the identity (min_size = the image's short
+    side), and differs from the default resize (72x96 here) otherwise."""
+    model, _ = _model()
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+    boxes = np.array([[5.0, 4.0, 30.0, 40.0], [40.0, 10.0, 79.0, 59.0], [0.0, 0.0, 12.0, 9.0]])
+    native = oln_box_scores(model, image, boxes, torch.device("cpu"))
+    resized = oln_box_scores(model, image, boxes, torch.device("cpu"), resolution="detector")
+    assert not np.allclose(native[0], resized[0], atol=1e-6)
+    model.transform.min_size, model.transform.max_size = (min(H, W),), max(H, W)
+    identity = oln_box_scores(model, image, boxes, torch.device("cpu"), resolution="detector")
+    for a, b in zip(native, identity):
+        assert np.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _write_inputs(tmp: Path, kind: str = "oln") -> dict:

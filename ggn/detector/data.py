@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ggn.coco_data import CocoInstances, masks_to_boxes
+from ggn.coco_data import CocoInstances, annotation_box, masks_to_boxes
 from ggn.io import InputError, read_json
 from ggn.masks import ann_to_mask
 
@@ -74,17 +74,24 @@ class DetectorDataset(torch.utils.data.Dataset):
         return image, target
 
     def _add_pseudo(self, target: Target, height: int, width: int) -> Target:
-        masks = []
+        masks, kept = [], []
         for ann in self.pseudo_store.annotations_for(target["image_id"]):
             m = ann_to_mask(ann["segmentation"], int(ann.get("height", height)), int(ann.get("width", width)))
             if m.shape == (height, width) and m.any():
                 masks.append(m)
+                kept.append(ann)
         if not masks:
             return target
         extra = torch.from_numpy(np.stack(masks))
+        extra_boxes = masks_to_boxes(extra)
+        if self.base.box_source == "annotation":
+            for i, ann in enumerate(kept):
+                box = annotation_box(ann)
+                if box is not None:
+                    extra_boxes[i] = torch.tensor(box, dtype=torch.float32)
         out = dict(target)
         out["masks"] = torch.cat([target["masks"], extra])
-        out["boxes"] = torch.cat([target["boxes"], masks_to_boxes(extra)])
+        out["boxes"] = torch.cat([target["boxes"], extra_boxes])
         out["labels"] = torch.ones(len(out["masks"]), dtype=torch.int64)
         out["iscrowd"] = torch.cat([target["iscrowd"], torch.zeros(len(masks), dtype=torch.bool)])
         return out
@@ -115,13 +122,25 @@ def read_pseudo_gt(path: str | Path, train_image_ids: set[int]) -> list[dict]:
 def build_training_dataset(train_json: str | Path, images: str | Path, variant: str = "baseline",
                            pseudo_gt: str | Path | None = None, pseudo_store: str | Path | Any | None = None,
                            flip: float = 0.5, max_images: int | None = None,
-                           ground_truth: bool = True) -> DetectorDataset:
+                           ground_truth: bool = True, boxes: str = "mask") -> DetectorDataset:
     """Seen-class GT for `baseline`; GT + pseudo-GT (from pseudo_gt.json or a per-image store) for `ggn`.
 
     `ground_truth=False` (the ImageNet row: a detector trained on pseudo-GT alone) ignores the file's
     annotations and keeps only the images that have pseudo-GT, as mmdet's filter_empty_gt drops images
-    without annotations from training.
+    without annotations from training. `boxes`: "annotation" (each annotation's own bbox, the reference)
+    or "mask" (the rasterised mask's tight box); see CocoInstances.
     """
+    if boxes not in BOX_SOURCES:
+        raise InputError(f"--boxes {boxes!r}: choose one of {', '.join(BOX_SOURCES)}")
+    dataset = _build(train_json, images, variant, pseudo_gt, pseudo_store, flip, max_images, ground_truth)
+    dataset.base.box_source = boxes
+    return dataset
+
+
+BOX_SOURCES = ("annotation", "mask")
+
+
+def _build(train_json, images, variant, pseudo_gt, pseudo_store, flip, max_images, ground_truth) -> DetectorDataset:
     if variant not in ("baseline", "ggn"):
         raise InputError(f"unknown --variant {variant!r}; choose 'baseline' or 'ggn'")
     if not ground_truth:

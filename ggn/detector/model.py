@@ -16,7 +16,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
+from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ggn.io import InputError, checkpoint_kind, load_checkpoint, load_state_into
@@ -55,12 +56,27 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "box_score_thresh": 0.0,
     "box_nms_thresh": 0.7,
     "box_detections_per_img": 1500,
+    # RoIAlign of the box and mask branches and the mask targets: the reference's mmcv RoIAlign (aligned=True,
+    # sampling_ratio=0: adaptive) and mmdet's binarised targets (crop_and_resize(..., binarize=True)).
+    # torchvision's MaskRCNN: aligned=False, sampling_ratio=2, soft targets (the demo keeps these).
+    "roi_aligned": True,
+    "roi_sampling_ratio": 0,
+    "mask_target": "binary",       # "binary" (reference, >= 0.5) or "soft" (torchvision)
+    # RPN training: anchors at feature cells beyond the image's own size padded to 32 are neither positive nor
+    # negative (mmdet's AnchorGenerator.valid_flags on the image's pad_shape); torchvision samples them all.
+    "rpn_valid_anchors": True,
+    # Initialisation of the layers ImageNet weights do not cover: "reference" (mmdet 2.x: FPN convs Xavier-uniform,
+    # box-head FCs Xavier-uniform, classifier normal(0.01), box regressor normal(0.001), biases 0) or "torchvision"
+    # (its own: FPN Kaiming-uniform(a=1), nn.Linear defaults). RPN and mask head are the same in both.
+    "head_init": "reference",
 }
 
 
 # Checkpoints written before these keys existed were trained with trainable BN, three anchor ratios and
 # torchvision's smooth-L1 losses; they load as they were trained.
-LEGACY_CONFIG = {"norm": "bn", "frozen_stages": -1, "anchor_ratios": [0.5, 1.0, 2.0], "box_loss": "smooth_l1"}
+LEGACY_CONFIG = {"norm": "bn", "frozen_stages": -1, "anchor_ratios": [0.5, 1.0, 2.0], "box_loss": "smooth_l1",
+                 "roi_aligned": False, "roi_sampling_ratio": 2, "mask_target": "soft", "rpn_valid_anchors": False,
+                 "head_init": "torchvision"}
 
 
 def detector_config(**overrides: Any) -> dict[str, Any]:
@@ -145,21 +161,64 @@ def build_detector(config: dict[str, Any]) -> MaskRCNN:
                                 norm_layer=group_norm if cfg["norm"] == "gn" else None),
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, 2),
     )
+    if cfg["mask_target"] not in MASK_TARGETS:
+        raise InputError(f"unknown mask_target {cfg['mask_target']!r}; choose one of {', '.join(MASK_TARGETS)}")
+    names = ["0", "1", "2", "3"]
+    pooler = AlignedMultiScaleRoIAlign if cfg["roi_aligned"] else MultiScaleRoIAlign
+    common["box_roi_pool"] = pooler(names, 7, int(cfg["roi_sampling_ratio"]))
+    common["mask_roi_pool"] = pooler(names, 14, int(cfg["roi_sampling_ratio"]))
     model = MaskRCNN(backbone, num_classes=None, **common)
     if cfg["box_loss"] not in ("l1", "smooth_l1"):
         raise InputError(f"unknown box_loss {cfg['box_loss']!r}; choose 'l1' or 'smooth_l1'")
     if kind == "maskrcnn" and cfg["box_loss"] == "l1":
         use_l1_box_losses(model)
+    elif kind == "maskrcnn":
+        model.rpn.__class__ = PaddingAwareRPN
+    if kind == "maskrcnn":  # OLN's RPN trains only anchors inside the image (allowed_border=0) already
+        model.rpn.exclude_padded_anchors = bool(cfg["rpn_valid_anchors"])
     if kind == "oln":
         from ggn.detector.oln import to_oln
 
         to_oln(model, representation_size=rep)
     if not cfg["mask_head"]:  # torchvision's RoIHeads (and ours) skip the mask branch when it is None
         model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
+    binary, aligned = cfg["mask_target"] == "binary", bool(cfg["roi_aligned"])
+    if kind == "oln":  # OlnRoIHeads computes its mask loss itself, with these settings
+        model.roi_heads.mask_target_binary, model.roi_heads.mask_target_aligned = binary, aligned
+    else:
+        use_mask_targets(model.roi_heads, binary, aligned)
+    if cfg["head_init"] not in HEAD_INITS:
+        raise InputError(f"unknown head_init {cfg['head_init']!r}; choose one of {', '.join(HEAD_INITS)}")
+    if cfg["head_init"] == "reference":
+        reference_init(model)
     for module in (model.roi_heads.mask_head, model.roi_heads.mask_predictor):
         if module is not None:
             chunk_inference(module, MASK_CHUNK)
     return model
+
+
+HEAD_INITS = ("reference", "torchvision")
+
+
+def reference_init(model: MaskRCNN) -> None:
+    """mmdet 2.x's initialisation of FPN and box head (fpn.py `init_weights`: xavier_init uniform; convfc_bbox_head.py:
+    shared FCs xavier_uniform_; bbox_head.py: fc_cls normal(0, 0.01), fc_reg normal(0, 0.001); biases 0). The RPN
+    head (normal 0.01) and the mask head (Kaiming-normal, fan_out) are initialised alike by torchvision already;
+    OLN's own heads keep their initialisation (ggn/detector/oln.py)."""
+    for m in model.backbone.fpn.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in model.roi_heads.box_head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    predictor = model.roi_heads.box_predictor
+    if isinstance(predictor, FastRCNNPredictor):
+        nn.init.normal_(predictor.cls_score.weight, 0, 0.01)
+        nn.init.normal_(predictor.bbox_pred.weight, 0, 0.001)
+        nn.init.zeros_(predictor.cls_score.bias)
+        nn.init.zeros_(predictor.bbox_pred.bias)
 
 
 # RoIs per pass through the mask branch at inference. Over 1500 detections at once, CPU convolution's
@@ -179,7 +238,140 @@ def chunk_inference(module: nn.Module, chunk: int) -> None:
     module.forward = forward
 
 
-class L1RPN(RegionProposalNetwork):
+MASK_TARGETS = ("binary", "soft")
+
+
+class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """MultiScaleRoIAlign with `aligned=True` (pixel centres at +0.5, no 1-pixel box inflation), mmcv's
+    RoIAlign default that the reference's SingleRoIExtractor uses. The level of each RoI is torchvision's
+    (floor(4 + log2(sqrt(area) / 224)) on levels 2-5), the same rule as mmdet's finest_scale 56 on strides
+    4-32: floor(log2(sqrt(area) / 56)) clamped to 0-3."""
+
+    def forward(self, x, boxes, image_shapes):
+        features = [x[name] for name in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        rois = _convert_to_roi_format(boxes)
+        levels = self.map_levels(boxes)
+        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.where(levels == level)[0]
+            pooled = roi_align(feature, rois[idx], self.output_size, spatial_scale=scale,
+                               sampling_ratio=self.sampling_ratio, aligned=True)
+            result[idx] = pooled.to(result.dtype)
+        return result
+
+
+def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched_idxs: torch.Tensor, size: int,
+                 binary: bool, aligned: bool) -> torch.Tensor:
+    """Mask-head targets: each matched ground-truth mask cropped to its proposal and resized to size x size.
+    binary + aligned is mmdet's `BitmapMasks.crop_and_resize(..., binarize=True)` (RoIAlign aligned=True,
+    sampling 0, then >= 0.5); soft + not aligned is torchvision's `project_masks_on_boxes`."""
+    rois = torch.cat([matched_idxs.to(boxes)[:, None], boxes], dim=1)
+    out = roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0, sampling_ratio=0 if aligned else -1,
+                    aligned=aligned)[:, 0]
+    return (out >= 0.5).to(out.dtype) if binary else out
+
+
+def mask_loss(mask_logits: torch.Tensor, proposals: list[torch.Tensor], gt_masks: list[torch.Tensor],
+              matched_idxs: list[torch.Tensor], binary: bool, aligned: bool) -> torch.Tensor:
+    """Binary cross-entropy of the (class-agnostic: foreground channel 1) mask logits of the positive RoIs
+    against `mask_targets`, averaged over pixels, as torchvision's maskrcnn_loss and mmdet's FCNMaskHead."""
+    size = mask_logits.shape[-1]
+    targets = [mask_targets(m, p, i, size, binary, aligned) for m, p, i in zip(gt_masks, proposals, matched_idxs)]
+    targets = torch.cat(targets) if targets else mask_logits.new_zeros((0, size, size))
+    if targets.numel() == 0:
+        return mask_logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(mask_logits[:, 1], targets)
+
+
+def use_mask_targets(roi_heads: RoIHeads, binary: bool, aligned: bool) -> None:
+    """Make torchvision's RoI heads train the mask branch on `mask_loss`'s targets. The parent's forward is
+    kept (its loss_mask is replaced): the sampled proposals are taken from select_training_samples and the
+    mask logits from the predictor, exactly the tensors torchvision's own maskrcnn_loss receives."""
+    roi_heads.mask_target_binary, roi_heads.mask_target_aligned = bool(binary), bool(aligned)
+    if not binary and not aligned:
+        return  # torchvision's own targets
+    select, forward = roi_heads.select_training_samples, roi_heads.forward
+
+    def select_and_keep(proposals, targets):
+        sampled = select(proposals, targets)
+        roi_heads._mask_sampled = sampled
+        return sampled
+
+    def forward_with_targets(features, proposals, image_shapes, targets=None):
+        if not roi_heads.training:
+            return forward(features, proposals, image_shapes, targets)
+        captured = {}
+        hook = roi_heads.mask_predictor.register_forward_hook(lambda m, i, out: captured.setdefault("logits", out))
+        try:
+            result, losses = forward(features, proposals, image_shapes, targets)
+        finally:
+            hook.remove()
+        sampled_proposals, matched_idxs, labels, _ = roi_heads.__dict__.pop("_mask_sampled")
+        pos = [torch.where(lab > 0)[0] for lab in labels]
+        losses["loss_mask"] = mask_loss(captured["logits"], [p[i] for p, i in zip(sampled_proposals, pos)],
+                                        [t["masks"] for t in targets], [m[i] for m, i in zip(matched_idxs, pos)],
+                                        binary, aligned)
+        return result, losses
+
+    roi_heads.select_training_samples = select_and_keep
+    roi_heads.forward = forward_with_targets
+
+
+def valid_anchor_flags(feature_sizes: list[tuple[int, int]], batch_size: tuple[int, int], image_size: tuple[int, int],
+                       anchors_per_location: int, size_divisor: int = 32, device=None) -> torch.Tensor:
+    """bool [anchors] in torchvision's order (level, row, column, anchor): True where the anchor's feature cell
+    lies within the image's own size padded to `size_divisor`, as mmdet's AnchorGenerator.valid_flags on the
+    image's pad_shape (cells up to ceil(pad / stride)); the rest sit in the padding that batching adds."""
+    pad_h = -(-image_size[0] // size_divisor) * size_divisor
+    pad_w = -(-image_size[1] // size_divisor) * size_divisor
+    flags = []
+    for fh, fw in feature_sizes:
+        stride_h, stride_w = batch_size[0] // fh, batch_size[1] // fw  # torchvision's own stride rule
+        valid_h, valid_w = min(-(-pad_h // stride_h), fh), min(-(-pad_w // stride_w), fw)
+        grid = torch.zeros((fh, fw), dtype=torch.bool, device=device)
+        grid[:valid_h, :valid_w] = True
+        flags.append(grid.flatten().repeat_interleave(anchors_per_location))
+    return torch.cat(flags)
+
+
+class PaddingAwareRPN(RegionProposalNetwork):
+    """torchvision's RPN whose training, with `exclude_padded_anchors`, assigns and samples only the anchors
+    of `valid_anchor_flags` (the reference: invalid anchors take no part in assignment, anchor_head.py
+    `_get_targets_single`); the others get label -1 (ignored). Proposals are unchanged."""
+
+    exclude_padded_anchors = False
+
+    def forward(self, images, features, targets=None):
+        self._anchor_context = (images.image_sizes, tuple(images.tensors.shape[-2:]),
+                                [tuple(f.shape[-2:]) for f in features.values()])
+        try:
+            return super().forward(images, features, targets)
+        finally:
+            del self._anchor_context
+
+    def assign_targets_to_anchors(self, anchors, targets):
+        if not self.exclude_padded_anchors:
+            return super().assign_targets_to_anchors(anchors, targets)
+        image_sizes, batch_size, feature_sizes = self._anchor_context
+        per_location = self.anchor_generator.num_anchors_per_location()[0]
+        labels, matched_gt_boxes = [], []
+        for anchors_per_image, target, size in zip(anchors, targets, image_sizes):
+            valid = valid_anchor_flags(feature_sizes, batch_size, tuple(size), per_location,
+                                       device=anchors_per_image.device)
+            sub_labels, sub_boxes = super().assign_targets_to_anchors([anchors_per_image[valid]], [target])
+            label = torch.full((len(anchors_per_image),), -1.0, device=anchors_per_image.device)
+            label[valid] = sub_labels[0]
+            boxes = torch.zeros_like(anchors_per_image, dtype=sub_boxes[0].dtype)
+            boxes[valid] = sub_boxes[0]
+            labels.append(label)
+            matched_gt_boxes.append(boxes)
+        return labels, matched_gt_boxes
+
+
+class L1RPN(PaddingAwareRPN):
     """torchvision's RPN with an L1 box loss (mmdet L1Loss, weight 1) instead of smooth L1 (beta 1/9); the
     normalisation is the same in both: the sum over positive anchors divided by the sampled anchors."""
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
 
 from torchvision.ops import boxes as box_ops
 
@@ -229,8 +229,12 @@ class OlnRoIHeads(RoIHeads):
             pos = [torch.where(lab > 0)[0] for lab in labels]
             mask_proposals = [p[i] for p, i in zip(proposals, pos)]
             mask_logits = self.mask_logits(features, mask_proposals, image_shapes)
-            losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
-                                                [t["labels"] for t in targets], [m[i] for m, i in zip(matched_idxs, pos)])
+            from ggn.detector.model import mask_loss
+
+            losses["loss_mask"] = mask_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
+                                            [m[i] for m, i in zip(matched_idxs, pos)],
+                                            getattr(self, "mask_target_binary", False),
+                                            getattr(self, "mask_target_aligned", False))
             return [], losses
 
         result = self.detections(iou_logits, box_deltas, proposals, rpn_scores, image_shapes)

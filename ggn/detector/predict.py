@@ -109,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    if device.type == "cuda":
+        from ggn.precision import strict_fp32
+
+        strict_fp32()  # prediction is fp32, as the reference's: no TF32 either
     # Cross-category test protocol (OLN): score threshold 0, NMS 0.7, up to 1500 detections per image.
     test_settings = {"box_score_thresh": 0.0, "box_nms_thresh": args.nms,
                      "box_detections_per_img": args.max_detections,

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ggn.coco_data import collate
 from ggn.detector.data import build_training_dataset
 from ggn.detector.model import DEFAULT_CONFIG, build_detector, load_pretrained, trainable_summary
+from ggn.precision import add_amp_argument, strict_fp32
 from ggn.dist import (add_batch_arguments, barrier, cleanup, effective_lr, gather_counts, gather_objects,
                       init_distributed, is_main_process, rank0_decides, relaunch, under_launcher, unwrap)
 from ggn.io import (InputError, atomic_torch_save, machine_provenance, load_checkpoint, seed_everything, stop_on_non_finite_loss,
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 MODEL_FLAGS = ("kind", "backbone", "norm", "frozen_stages", "anchor_ratios", "box_loss", "fpn_channels",
                "representation_size", "mask_channels", "mask_layers", "anchor_sizes", "min_size", "max_size",
                "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_batch_size_per_image",
-               "box_batch_size_per_image")
+               "box_batch_size_per_image", "roi_aligned", "roi_sampling_ratio", "mask_target",
+               "rpn_valid_anchors", "head_init")
 MID_EPOCH = "mid_epoch.pt"  # the within-epoch checkpoint, beside the epoch_NNN.pt ones
 
 
@@ -54,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ground-truth", action=argparse.BooleanOptionalAction, default=True,
                    help="train on the --train-json annotations (with --variant ggn: plus pseudo-GT); "
                         "--no-ground-truth: pseudo-GT alone, on the listed images that have some (the ImageNet row)")
+    p.add_argument("--boxes", choices=("annotation", "mask"), default="annotation",
+                   help="ground-truth boxes: each annotation's own bbox (the reference), or the tight box of its "
+                        "rasterised mask")
     p.add_argument("--kind", choices=("maskrcnn", "oln"), default=d["kind"])
     p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50", "resnet101"), default=d["backbone"])
     p.add_argument("--pretrained", help="`imagenet` (torchvision's ImageNet ResNet via its cache, $TORCH_HOME), "
@@ -93,8 +98,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpn-batch-size-per-image", type=int, default=d["rpn_batch_size_per_image"])
     p.add_argument("--box-batch-size-per-image", type=int, default=d["box_batch_size_per_image"])
     p.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability")
+    p.add_argument("--group-by-aspect", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch landscape images with landscape ones and portrait with portrait (mmdet's GroupSampler, "
+                        "the reference), so that a batch carries little padding")
     p.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off, as the reference)")
-    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: on GPU)")
+    p.add_argument("--roi-aligned", action=argparse.BooleanOptionalAction, default=d["roi_aligned"],
+                   help="RoIAlign with aligned=True (half-pixel offset), mmcv's default that the reference uses; "
+                        "--no-roi-aligned: torchvision's MaskRCNN")
+    p.add_argument("--roi-sampling-ratio", type=int, default=d["roi_sampling_ratio"],
+                   help="RoIAlign sampling points per bin side (0: adaptive, the reference; torchvision's: 2)")
+    p.add_argument("--mask-target", choices=("binary", "soft"), default=d["mask_target"],
+                   help="mask-head targets: binary (the cropped mask thresholded at 0.5, the reference) or soft "
+                        "(torchvision's bilinear crop)")
+    p.add_argument("--rpn-valid-anchors", action=argparse.BooleanOptionalAction, default=d["rpn_valid_anchors"],
+                   help="train the RPN only on anchors within each image's own size padded to 32, not on those in "
+                        "the padding a batch adds (the reference); --no-rpn-valid-anchors: torchvision's, all")
+    p.add_argument("--head-init", choices=("reference", "torchvision"), default=d["head_init"],
+                   help="initialisation of FPN and box head: mmdet 2.x's (Xavier-uniform; classifier and regressor "
+                        "normal 0.01 / 0.001: the reference) or torchvision's")
+    add_amp_argument(p, "detector's training (fp16 with loss scaling; the reference: fp32)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -187,6 +209,30 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_images, generator=gen).tolist()
 
 
+def aspect_grouped(order: list[int], landscape: list[bool], batch_size: int) -> list[int]:
+    """`order` rearranged so that each consecutive run of `batch_size` indices holds images of one orientation
+    (width > height or not: mmdet's GroupSampler flag, which the reference trains with), so that a batch pads
+    little. Batches keep the order of their first image in `order`; the result has len(order) // batch_size
+    batches, as the plain loader with drop_last, the last one completed from its own group when the two
+    leftovers do not fill it (mmdet pads a group the same way). With one orientation it is `order` itself."""
+    needed = len(order) // batch_size
+    groups: dict[bool, list[int]] = {False: [], True: []}
+    for position, index in enumerate(order):
+        groups[bool(landscape[index])].append(position)
+    batches, leftovers = [], []
+    for positions in groups.values():
+        full = len(positions) // batch_size * batch_size
+        batches += [positions[k:k + batch_size] for k in range(0, full, batch_size)]
+        if full < len(positions):
+            leftovers.append(positions[full:])
+    if len(batches) < needed:  # fill the larger leftover from the start of its own group
+        rest = max(leftovers, key=len)
+        group = groups[bool(landscape[order[rest[0]]])]
+        batches.append(rest + group[:batch_size - len(rest)])
+    batches.sort(key=lambda b: b[0])
+    return [order[p] for batch in batches[:needed] for p in batch]
+
+
 def _resume_point(epoch_dir: Path) -> tuple[Path | None, dict | None]:
     """The saved state furthest on: the last epoch checkpoint or the mid-epoch one, whichever is later."""
     found = [p for p in (latest_epoch_checkpoint(epoch_dir), epoch_dir / MID_EPOCH) if p is not None and p.is_file()]
@@ -213,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed + rank)
     dataset = build_training_dataset(args.train_json, args.images, args.variant, args.pseudo_gt,
                                      args.pseudo_store, flip=args.flip, max_images=args.max_images,
-                                     ground_truth=args.ground_truth)
+                                     ground_truth=args.ground_truth, boxes=args.boxes)
     if len(dataset) == 0:
         raise InputError(f"{args.train_json} has no images to train on: no image has an object of a seen class "
                          "(`ggn split` drops the others) or pseudo-GT; check `seen`")
@@ -224,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ground_truth:
         dataset.base.check_training_file("train-detector", warn=is_main_process())
     dataset.base.verify_images()  # every image readable and of its annotated size, before the first step
+    landscape = [int(dataset.base.images[i]["width"]) > int(dataset.base.images[i]["height"]) for i in dataset.base.ids]
     config = model_config(args)
     model = build_detector(config).to(device)
     if args.pretrained:
@@ -238,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
                  trainable_summary(model))
 
     use_amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
+    if args.amp == "off" and device.type == "cuda":
+        strict_fp32()  # fp32 as the reference: no TF32 either
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
     if world > 1:
@@ -315,6 +364,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             # Seeded per epoch so that a resumed run sees the same order as an uninterrupted one.
             order = epoch_order(len(dataset), args.seed, epoch)
+        if args.group_by_aspect:
+            order = aspect_grouped(order, landscape, args.batch_size)
         # The loader draws its worker base seed from a generator of its own, never from the global one that the
         # detector's samplers use: a resumed epoch then draws exactly what the uninterrupted one did.
         gen = torch.Generator().manual_seed(args.seed * 1000 + epoch + 1_000_003 * rank)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ggn.coco_data import CocoInstances
-from ggn.pa.model import IMAGENET_MEAN, padded_size, resize_image, resized_shape
+from ggn.pa.model import IMAGENET_MEAN, resize_image, resized_shape
 from ggn.pa.targets import masks_to_instance_ids
 
 
@@ -57,16 +57,16 @@ class PATrainingSet(torch.utils.data.Dataset):
 
 
 def collate_padded(samples: list[dict], size: int | None = None) -> dict:
-    """Pad to a common size (multiple of 32; at least `size` if given) at the bottom/right.
+    """Pad to the batch's largest image (at least `size` if given) at the bottom/right.
 
-    Images are padded with the mean colour (zero after normalisation, as at inference); `valid` marks
-    real pixels so that padding never counts in the loss.
+    A batch of one image (the paper rows: 1 per GPU) is not padded at all, as the reference (pa_train.py's
+    pipeline has no Pad; the network takes any size). Images are padded with the mean colour (zero after
+    normalisation); `valid` marks real pixels so that padding never counts in the loss.
     """
     h = max(s["image"].shape[1] for s in samples)
     w = max(s["image"].shape[2] for s in samples)
     if size is not None:
         h, w = max(h, size), max(w, size)
-    h, w = padded_size(h), padded_size(w)
     b = len(samples)
     fill = torch.tensor([round(m) for m in IMAGENET_MEAN], dtype=torch.uint8).view(3, 1, 1)
     images = fill.expand(3, h, w).repeat(b, 1, 1, 1)

@@ -236,39 +236,62 @@ def padded_size(size: int) -> int:
     return int(math.ceil(size / SIZE_DIVISOR) * SIZE_DIVISOR)
 
 
+BATCHINGS = ("padded", "same_size")
+
+
 @torch.no_grad()
 def predict_affinity(model: nn.Module, images: list[np.ndarray], config: dict, device: torch.device | str,
-                     input_size: int | None = None, batch_size: int = 8) -> list[np.ndarray]:
+                     input_size: int | None = None, batch_size: int = 8, amp: str = "auto",
+                     batching: str = "padded") -> list[np.ndarray]:
     """Affinity probabilities float32 [C,h,w] in [0,1] per image (uint8 HxWx3), at the network resolution:
-    aspect kept, long side input_size (None: config["input_size"]; 0: native resolution), padding removed."""
+    aspect kept, long side input_size (None: config["input_size"]; 0: native resolution), padding removed.
+
+    batching "padded": consecutive images share a batch, padded at the bottom/right to a common size (a
+    multiple of 32) that the pyramid pooling sees. "same_size": only images of identical network size share
+    a batch, unpadded, so each image's output is the one it gets alone (the reference extracts one image at a
+    time at its native size, tools/extract_pa_masks.py); outputs keep the input order either way.
+    amp: see ggn.precision (auto: autocast on CUDA).
+    """
+    from ggn.precision import autocast_dtype
+
+    if batching not in BATCHINGS:
+        raise ValueError(f"batching {batching!r}: choose one of {', '.join(BATCHINGS)}")
     device = torch.device(device)
     size = inference_size(config, input_size)
     was_training = model.training
     model.eval()
-    outputs: list[np.ndarray] = []
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        shapes, tensors = [], []
-        for img in chunk:
-            if img.ndim != 3 or img.shape[2] != 3:
-                raise ValueError(f"images must be HxWx3 uint8 arrays, got shape {img.shape}")
-            # np.array copies: callers may pass read-only arrays, which torch.from_numpy warns about.
-            t = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).to(device)
-            hw = resized_shape(img.shape[0], img.shape[1], size)
-            shapes.append(hw)
-            tensors.append(resize_image(t, hw))
-        ph = padded_size(max(h for h, _ in shapes))
-        pw = padded_size(max(w for _, w in shapes))
-        batch = torch.zeros((len(chunk), 3, ph, pw), dtype=torch.float32, device=device)
-        for i, t in enumerate(tensors):
-            batch[i, :, :t.shape[1], :t.shape[2]] = normalize_images(t.unsqueeze(0), config)[0]
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+    amp_dtype = autocast_dtype(amp, device)
+    shapes = []
+    for img in images:
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"images must be HxWx3 uint8 arrays, got shape {img.shape}")
+        shapes.append(resized_shape(img.shape[0], img.shape[1], size))
+    if batching == "padded":
+        groups = [list(range(s, min(s + batch_size, len(images)))) for s in range(0, len(images), batch_size)]
+    else:
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, hw in enumerate(shapes):
+            by_shape.setdefault(hw, []).append(i)
+        groups = [idx[s:s + batch_size] for idx in by_shape.values() for s in range(0, len(idx), batch_size)]
+    outputs: list[np.ndarray | None] = [None] * len(images)
+    for group in groups:
+        # np.array copies: callers may pass read-only arrays, which torch.from_numpy warns about.
+        tensors = [resize_image(torch.from_numpy(np.array(images[i], dtype=np.uint8)).permute(2, 0, 1).to(device),
+                                shapes[i]) for i in group]
+        if batching == "padded":
+            ph = padded_size(max(shapes[i][0] for i in group))
+            pw = padded_size(max(shapes[i][1] for i in group))
+        else:
+            ph, pw = shapes[group[0]]
+        batch = torch.zeros((len(group), 3, ph, pw), dtype=torch.float32, device=device)
+        for j, t in enumerate(tensors):
+            batch[j, :, :t.shape[1], :t.shape[2]] = normalize_images(t.unsqueeze(0), config)[0]
+        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(batch)
         probs = torch.sigmoid(logits.float())
-        for i, (h, w) in enumerate(shapes):
-            outputs.append(probs[i, :, :h, :w].cpu().numpy().astype(np.float32, copy=False))
+        for j, i in enumerate(group):
+            h, w = shapes[i]
+            outputs[i] = probs[j, :, :h, :w].cpu().numpy().astype(np.float32, copy=False)
     if was_training:
         model.train()
     return outputs

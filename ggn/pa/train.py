@@ -23,6 +23,7 @@ from ggn import dist
 from ggn.io import (InputError, atomic_torch_save, machine_provenance, load_checkpoint, seed_everything, stop_on_non_finite_loss,
                     stop_on_non_finite_weights, training_fingerprint)
 from ggn.pa.data import PATrainingSet, collate_padded
+from ggn.precision import add_amp_argument, autocast_dtype
 from ggn.pa.model import build_pa_model, default_pa_config, normalize_images
 from ggn.pa.targets import affinity_loss, affinity_targets, parse_offsets
 
@@ -65,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="random horizontal flips (the reference trains without)")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
                    help="synchronise BatchNorm statistics across GPUs (the reference uses per-GPU BN)")
+    add_amp_argument(p, "PA network's training (the reference: fp32)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun sets the GPU per rank)")
@@ -246,15 +248,16 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(args.amp, device)
+    use_amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda" and amp_dtype == torch.float16)
     offsets = [tuple(o) for o in config["offsets"]]
     reduce = config["reduce"]
     log_path = Path(args.out).parent / "train_log.jsonl"
     if main:
-        log.info("training %s on %d images (%d iterations/epoch, %d process(es), device %s); log: %s",
-                 args.backbone, len(dataset), iters_per_epoch, world, device, log_path)
+        log.info("training %s on %d images (%d iterations/epoch, %d process(es), device %s, %s); log: %s",
+                 args.backbone, len(dataset), iters_per_epoch, world, device,
+                 f"autocast {amp_dtype}" if use_amp else "fp32", log_path)
 
     images_seen = torch.zeros(1, dtype=torch.int64)
     every_s = args.checkpoint_minutes * 60
@@ -279,7 +282,7 @@ def train_pa(args: argparse.Namespace, on_epoch_end: Callable[[int], None] | Non
             crowd = batch["crowd"].to(device, non_blocking=True)
             target, counted = affinity_targets(ids, valid, offsets, ignore=crowd, reduce=reduce,
                                                target=config["target"])
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 logits = model(images)
             loss = affinity_loss(logits.float(), target, counted, pos_weight=args.pos_weight)
             stop_on_non_finite_loss(loss, None, step="train-pa", epoch=epoch, batch=it + 1,
