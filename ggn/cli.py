@@ -31,6 +31,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "visualize": ("ggn.visualize", "PNG panels: image, potential, candidates, pseudo-GT, detections, seen/unseen GT"),
     "plot": ("ggn.plots", "AR@k curves of every variant and histograms of candidate scores and gt_iou (PNG)"),
     "table": ("ggn.table", "gather metrics of all experiments into results/table.{csv,md}"),
+    "check-resources": ("ggn.check_resources", "before a Slurm run: name every job that no node of its partition can run (sinfo)"),
     "recipe": ("ggn.recipe", "print the options each stage of a config's experiments receives (lr, batch, grouping)"),
 }
 
