@@ -241,5 +241,8 @@ def test_pseudo_gt_for_new_images_with_the_trained_pa_network(own_data_run, tmp_
     snakemake("--cores", "2", "--configfile", str(cfg))
     pseudo_gt = json.loads((results / "mine_pseudo" / "pseudo" / "pseudo_gt.json").read_text())
     assert len(pseudo_gt["images"]) == 12  # also the image without a seen-class object
-    assert 11 in {a["image_id"] for a in pseudo_gt["annotations"]}
+    summary = json.loads((results / "mine_pseudo" / "pseudo" / "shards" / "0-of-1.parquet.summary.json").read_text())
+    table_run = json.loads((results / "mine" / "seed0" / "pseudo" / "shards" / "0-of-1.parquet.summary.json").read_text())
+    assert summary["images_processed"] == 12 and table_run["images_processed"] == 11  # every image mined here
+    assert summary["checkpoint"] == pseudo["pa_checkpoint"]
     assert not (results / "mine_pseudo" / "seed0").exists()  # a given PA network: nothing per seed
