@@ -34,18 +34,20 @@ TORCH_INDEX  ?= $(if $(TORCH),https://download.pytorch.org/whl/$(TORCH))
 TORCH_FAMILY := ^(torch|torchvision|triton|nvidia-|cuda-)
 TORCH_PINS   := torch==2.14.1 torchvision==0.29.1
 
-# The Python is checked before a venv is made from it, and a venv of an older Python (made here earlier, or by
-# hand) is removed and made again with PYTHON, so a first `make` with the wrong python3 is not a dead end.
+# A venv of an older Python (made here earlier, or by hand) is removed; PYTHON is checked before a venv is made
+# from it (only then: an existing good venv needs no PYTHON), so a first `make` with the wrong python3 is not a
+# dead end.
 PY_OK := import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY_VERSION = $(PYTHON) -c 'import platform; print(platform.python_version())'
 NEED_PYTHON := this project needs 3.11 or newer (Snakemake 9); name one: make $(or $(MAKECMDGOALS),install) PYTHON=python3.11
 $(STAMP): $(LOCK) pyproject.toml setup.py pa_lib/_kernels.pyx
-	@$(PYTHON) -c '$(PY_OK)' 2>/dev/null || { echo "$(PYTHON) is Python $$($(PY_VERSION) 2>/dev/null || \
-		echo '(not found)'): $(NEED_PYTHON)" >&2; exit 1; }
 	@if [ -x $(BIN)/python ] && ! $(BIN)/python -c '$(PY_OK)' 2>/dev/null; then \
 		echo "$(VENV) was made with Python $$($(BIN)/python -c 'import platform; print(platform.python_version())' \
 			2>/dev/null || echo '(broken)'): removing it and making it again with $(PYTHON)"; rm -rf $(VENV); fi
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if [ ! -x $(BIN)/python ]; then \
+		$(PYTHON) -c '$(PY_OK)' 2>/dev/null || { echo "$(PYTHON) is Python $$($(PY_VERSION) 2>/dev/null || \
+			echo '(not found)'): $(NEED_PYTHON)" >&2; exit 1; }; \
+		echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV); fi
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
 ifeq ($(TORCH_INDEX),)
 	$(BIN)/python -m pip install --require-hashes -r $(LOCK)
