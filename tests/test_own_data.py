@@ -1,8 +1,8 @@
 """Your own data (docs/own_data.md): the example config (config/examples/own_data.yaml: ImageNet-initialised
 ResNet-50s, small jobs, its own table file) with only its data paths and schedule shrunk runs a labelme-shaped
 export (ids from 0, a `_background_` category 0, polygons, JPEG photos of different sizes, one EXIF-rotated, one
-image without objects) and, in the same run, a CVAT-shaped one ("COCO 1.0": ids from 1, no background class,
-brush masks as uncompressed RLE marked `iscrowd: 1`) to table rows; the trained detector then runs on a folder of
+image without objects) and, in the same run with the tests' small networks, a CVAT-shaped one ("COCO 1.0": ids
+from 1, no background class, brush masks as uncompressed RLE marked `iscrowd: 1`) to table rows; the trained detector then runs on a folder of
 new images (`ggn list-images` + `ggn predict`); a pseudo-GT-only run reuses the PA checkpoint (`pa_checkpoint`),
 trains nothing, and mines every image, also those without a seen-class object. One workflow run serves every
 check (the slow tier's time)."""
@@ -131,9 +131,20 @@ def _shrunk(exp: dict, data: dict) -> dict:
     return exp
 
 
+def _tiny(tmp: Path, data: dict) -> dict:
+    """The tests' small networks (ResNet-18 from scratch) for the CVAT export, which tests the export's shape,
+    not the example's networks (two ImageNet ResNet-50s cost minutes more)."""
+    exp = tiny_config(tmp / "unused")["experiments"]["tiny"]
+    del exp["synthetic"], exp["unseen"]
+    exp.update(seen="cat,dog", data=data)
+    exp["extract"]["num_shards"] = 1
+    return exp
+
+
 @pytest.fixture(scope="module")
 def own_data_run(tmp_path_factory):
-    """One workflow run of the example config on a labelme-shaped and a CVAT-shaped export."""
+    """One workflow run: the example config on a labelme-shaped export, the tests' small networks on a
+CVAT-shaped one."""
     tmp = tmp_path_factory.mktemp("own")
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("TORCH_HOME", str(tmp / "torch"))
@@ -147,8 +158,8 @@ def own_data_run(tmp_path_factory):
     config = {"results": str(tmp / "results"), "table": example["table"], "experiments": {
         "mine": _shrunk(exp, {"train_annotations": str(train), "train_images": str(tmp / "train"),
                               "eval_annotations": str(val), "eval_images": str(tmp / "val")}),
-        "cvat": _shrunk(exp, {"train_annotations": str(cvat_train), "train_images": str(tmp / "cvat_train" / "images"),
-                              "eval_annotations": str(cvat_val), "eval_images": str(tmp / "cvat_val" / "images")})}}
+        "cvat": _tiny(tmp, {"train_annotations": str(cvat_train), "train_images": str(tmp / "cvat_train" / "images"),
+                            "eval_annotations": str(cvat_val), "eval_images": str(tmp / "cvat_val" / "images")})}}
     cfg = tmp / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     snakemake("--cores", "2", "--configfile", str(cfg))
