@@ -1,11 +1,13 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Everything lives in .venv.
+# Variables (docs/install.md): PYTHON (a Python >= 3.11), CORES (cores `make demo` uses), TORCH=cpu (CPU-only
+# torch, a much smaller download) or TORCH_INDEX=URL (any other torch build, e.g. CUDA 12.6 for V100s).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 STAMP  := $(VENV)/.ggn-installed
 
-.PHONY: install lock demo test test-fast lint bench clean distclean slurm-profile
+.PHONY: install lock demo test test-fast test-all lint bench clean distclean slurm-profile
 
 # Where Snakemake looks for `--profile NAME` (besides the working directory and /etc/xdg/snakemake).
 SNAKEMAKE_PROFILES ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
@@ -25,16 +27,27 @@ LOCK := requirements.lock
 # matches are cut out into build/lock-no-torch.txt) is installed hash-checked as usual, and torch==2.14.1 and
 # torchvision==0.29.1 come from TORCH_INDEX with their own CUDA 12.6 libraries, checked by version, not hash.
 # Either build of 2.14.1 satisfies the pins, so a venv keeps the one it has: to switch, rm -rf $(VENV) first.
-TORCH_INDEX  ?=
+# TORCH=cpu is the short name for PyTorch's CPU-only index (no CUDA libraries: ~200 MB of torch instead of
+# several GB); TORCH=cu126 likewise for the CUDA 12.6 build. An explicit TORCH_INDEX wins.
+TORCH        ?=
+TORCH_INDEX  ?= $(if $(TORCH),https://download.pytorch.org/whl/$(TORCH))
 TORCH_FAMILY := ^(torch|torchvision|triton|nvidia-|cuda-)
 TORCH_PINS   := torch==2.14.1 torchvision==0.29.1
 
-# A venv made by a Python older than 3.11 (here or earlier) stops the install, with what to do instead.
-OLD_PYTHON := $(VENV) runs Python %s; this project needs 3.11 or newer. Make it again with one: \
-	rm -rf $(VENV) && make install PYTHON=python3.11
+# A venv of an older Python (made here earlier, or by hand) is removed; PYTHON is checked before a venv is made
+# from it (only then: an existing good venv needs no PYTHON), so a first `make` with the wrong python3 is not a
+# dead end.
+PY_OK := import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY_VERSION = $(PYTHON) -c 'import platform; print(platform.python_version())'
+NEED_PYTHON := this project needs 3.11 or newer (Snakemake 9); name one: make $(or $(MAKECMDGOALS),install) PYTHON=python3.11
 $(STAMP): $(LOCK) pyproject.toml setup.py pa_lib/_kernels.pyx
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11) and "$(OLD_PYTHON)" % sys.version.split()[0])'
+	@if [ -x $(BIN)/python ] && ! $(BIN)/python -c '$(PY_OK)' 2>/dev/null; then \
+		echo "$(VENV) was made with Python $$($(BIN)/python -c 'import platform; print(platform.python_version())' \
+			2>/dev/null || echo '(broken)'): removing it and making it again with $(PYTHON)"; rm -rf $(VENV); fi
+	@if [ ! -x $(BIN)/python ]; then \
+		$(PYTHON) -c '$(PY_OK)' 2>/dev/null || { echo "$(PYTHON) is Python $$($(PY_VERSION) 2>/dev/null || \
+			echo '(not found)'): $(NEED_PYTHON)" >&2; exit 1; }; \
+		echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV); fi
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
 ifeq ($(TORCH_INDEX),)
 	$(BIN)/python -m pip install --require-hashes -r $(LOCK)
@@ -68,11 +81,18 @@ demo: $(STAMP)
 	@echo "Results: results/table.md (per-seed metrics under results/*/seed*/eval/, figures under results/*/figures/)"
 	@cat results/table.md 2>/dev/null || true
 
+# Test tiers (docs/testing.md). test: the fast tier plus the one end-to-end workflow test (about 5 minutes on
+# 2 cores); test-fast: the fast tier only; test-all: everything, the slow tier and the Slurm test too (.ci/run).
+E2E := tests/test_workflow.py::test_tiny_pipeline_end_to_end_and_incremental
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest $(E2E)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint

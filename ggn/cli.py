@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from ggn.bounds import check_options
+from ggn import __version__
 from ggn.images import ImageError
 from ggn.io import InputError, check_writable, setup_logging
 
@@ -34,6 +35,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "import-reference": ("ggn.import_reference", "the authors' released mmdetection checkpoints (PA, GGN, OLN) -> ours"),
     "import-pseudo": ("ggn.import_pseudo", "the authors' released pseudo-GT (merged COCO file or mask lists) -> a shard"),
     "compare-pseudo": ("ggn.compare_pseudo", "share of the authors' kept pseudo-GT masks our candidates reproduce"),
+    "check-resources": ("ggn.check_resources", "before a Slurm run: name every job that no node of its partition can run (sinfo)"),
     "recipe": ("ggn.recipe", "print the options each stage of a config's experiments receives (lr, batch, grouping)"),
 }
 
@@ -41,6 +43,7 @@ STEPS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ggn", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"ggn {__version__}")
     sub = parser.add_subparsers(dest="step", metavar="STEP")
     for name, (_, help_text) in STEPS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     while argv and argv[0] in ("-v", "--verbose"):
         verbose = True
         argv.pop(0)
+    if argv and argv[0] == "--version":
+        top.parse_args(argv[:1])  # prints `ggn X.Y.Z` and exits
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STEPS:
         if argv and argv[0] not in ("-h", "--help"):
             top.error(f"unknown step {argv[0]!r}; choose one of: {', '.join(STEPS)}")

@@ -9,7 +9,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ggn.io import InputError
+from ggn.io import InputError, cuda_available
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def init_distributed(device_name: str = "auto") -> tuple[torch.device, int, int]
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    use_cuda = device_name in ("auto", "cuda") and cuda_available()  # a driver too old for torch: a clear error
     if device_name not in ("auto", "cuda", "cpu"):
         device = torch.device(device_name)
     elif use_cuda:

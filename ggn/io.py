@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -366,11 +367,81 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"  # present where the NVIDIA kernel driver is loaded
+TORCH_BUILD_FIX = ("install the torch build made for this node's driver and GPU into the environment, e.g. "
+                   "`rm -rf .venv && make install TORCH_INDEX=https://download.pytorch.org/whl/cu126` (CUDA 12.6: "
+                   "driver 525 or newer, V100s too; docs/install.md), or have the driver updated")
+
+
+def nvidia_driver_version(path: str | None = None) -> str | None:
+    """The loaded NVIDIA kernel driver's version (e.g. '535.104.05'), None where no NVIDIA driver is loaded."""
+    try:
+        text = Path(path or NVIDIA_DRIVER_FILE).read_text(errors="replace")
+    except OSError:
+        return None
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023"
+    match = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text)
+    return match.group(1) if match else "unknown"
+
+
+def cuda_unusable_reason(error: str) -> bool:
+    """Whether torch's CUDA initialisation error says that the driver is too old for this torch build (the case
+    that would otherwise fall back to the CPU without a word and run for days)."""
+    text = error.lower()
+    return "driver" in text and ("too old" in text or "insufficient" in text)
+
+
+def cuda_driver_error(error: str, driver: str | None, torch_version: str, torch_cuda: str | None) -> str:
+    return (f"this node has an NVIDIA GPU (driver {driver or 'unknown'}) that the installed torch {torch_version} "
+            f"(built for CUDA {torch_cuda}) cannot use: {error.strip().splitlines()[0]:.300}. Nothing was run on "
+            f"the CPU instead; {TORCH_BUILD_FIX}")
+
+
+def gpu_arch_error(gpu: str, capability: tuple[int, int], arch_list: list[str], torch_version: str,
+                   torch_cuda: str | None) -> str | None:
+    """An error when torch has no kernels for this GPU's compute capability (a V100, sm_70, under the CUDA 13
+    build, whose kernels start at sm_75), None when it has."""
+    archs = [int(a.split("_")[1]) for a in arch_list if a.startswith("sm_") and a.split("_")[1].isdigit()]
+    cap = capability[0] * 10 + capability[1]
+    if not archs or cap >= min(archs):
+        return None
+    return (f"GPU {gpu} has compute capability {capability[0]}.{capability[1]}, and the installed torch "
+            f"{torch_version} (built for CUDA {torch_cuda}) has kernels for {', '.join(arch_list)} only; "
+            f"{TORCH_BUILD_FIX}")
+
+
+def cuda_available() -> bool:
+    """torch.cuda.is_available(), except that a GPU the installed torch cannot use (driver too old for its CUDA,
+    or a GPU older than its kernels) is an error naming the driver, the build and the fix, at device selection,
+    instead of a silent fall-back to the CPU or a failure hours into the job."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+        message = gpu_arch_error(gpu, torch.cuda.get_device_capability(0), torch.cuda.get_arch_list(),
+                                 str(torch.__version__), torch.version.cuda)
+        if message:
+            raise InputError(message)
+        return True
+    driver = nvidia_driver_version()
+    if torch.version.cuda is None or driver is None:
+        return False  # a CPU-only torch build, or no NVIDIA driver on this machine: the CPU is meant
+    try:
+        torch.cuda.init()
+    except Exception as e:  # torch's own account of why CUDA is unusable here
+        if cuda_unusable_reason(str(e)):
+            raise InputError(cuda_driver_error(str(e), driver, str(torch.__version__), torch.version.cuda)) from None
+        return False  # e.g. no GPU given to this job (CUDA_VISIBLE_DEVICES empty): the CPU is meant
+    return torch.cuda.is_available()
+
+
 def pick_device(name: str = "auto"):
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_available() else "cpu")
+    if name.startswith("cuda"):
+        cuda_available()  # the clear error where the driver or the GPU does not fit the torch build
     return torch.device(name)
 
 

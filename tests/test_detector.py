@@ -178,12 +178,29 @@ def _train(tiny_coco, out: Path, epochs: int, *extra: str) -> int:
                      "--epochs", str(epochs), "--lr-steps", "1", *TINY_FLAGS, *extra])
 
 
+@pytest.fixture(scope="module")
+def one_epoch_maskrcnn(tmp_path_factory):
+    """(tiny COCO, checkpoint) of a 1-epoch Mask R-CNN training: shared by the results-contract test and the
+    resume test, which needs exactly this run as its "killed after epoch 1" state (the slow tier's time)."""
+    from conftest import make_tiny_coco
+
+    root = tmp_path_factory.mktemp("one_epoch")
+    tiny = make_tiny_coco(root)
+    ckpt = root / "det" / "checkpoint.pt"
+    assert _train(tiny, ckpt, 1) == 0
+    return tiny, ckpt
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["maskrcnn", "oln"])
-def test_train_and_predict_follow_the_results_contract(tiny_coco, tmp_path, kind):
+def test_train_and_predict_follow_the_results_contract(request, tmp_path, kind):
+    if kind == "maskrcnn":  # the shared run (maskrcnn is the default kind)
+        tiny_coco, ckpt = request.getfixturevalue("one_epoch_maskrcnn")
+    else:
+        tiny_coco = request.getfixturevalue("tiny_coco")
+        ckpt = tmp_path / "det" / "checkpoint.pt"
+        assert _train(tiny_coco, ckpt, 1, "--kind", kind) == 0
     ann_file, images = tiny_coco
-    ckpt = tmp_path / "det" / "checkpoint.pt"
-    assert _train(tiny_coco, ckpt, 1, "--kind", kind) == 0
     saved = torch.load(ckpt, weights_only=True)
     assert set(saved) == {"model", "config", "provenance"} and saved["config"]["kind"] == kind
     assert {"torch", "torchvision", "numpy", "cpu"} <= set(saved["provenance"])
@@ -210,11 +227,16 @@ def test_train_and_predict_follow_the_results_contract(tiny_coco, tmp_path, kind
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_matches_uninterrupted_run(tiny_coco, tmp_path):
+def test_resume_after_interruption_matches_uninterrupted_run(one_epoch_maskrcnn, tmp_path):
+    import shutil
+
+    tiny_coco, one_epoch = one_epoch_maskrcnn
     straight = tmp_path / "straight" / "checkpoint.pt"
     resumed = tmp_path / "resumed" / "checkpoint.pt"
     assert _train(tiny_coco, straight, 2) == 0
-    assert _train(tiny_coco, resumed, 1) == 0  # "killed" after epoch 1: only its epoch checkpoint matters
+    # "killed" after epoch 1: a copy of the shared 1-epoch run (only its epoch checkpoint matters; the
+    # fingerprint leaves the output path out, so the copy resumes as the original would)
+    shutil.copytree(one_epoch.parent, resumed.parent)
     after_one = load_checkpoint(resumed.parent / "epochs" / "epoch_000.pt")
     assert after_one["epoch"] == 0 and set(after_one) >= {"model", "optimizer", "scheduler", "rng"}
     resumed.unlink()

@@ -1,5 +1,6 @@
 """The GGN-OLN row (config/coco_voc_to_nonvoc_oln.yaml) and the ADE20K row (config/coco_to_ade20k.yaml) end to
-end on tiny fake trees of the real layouts (COCO 2017; ADE20K_2021_17_01 converted with `ggn convert-ade20k`).
+end, in one shared workflow run, on tiny fake trees of the real layouts (COCO 2017; ADE20K_2021_17_01 converted
+with `ggn convert-ade20k`).
 As in tests/test_paper_row.py, only folders, data paths and schedules (epochs, GPUs, workers, shards) are
 overridden: the recipes run as configured."""
 from __future__ import annotations
@@ -63,31 +64,64 @@ def unchanged_recipe(shipped: dict, ours: dict) -> None:
 
 @pytest.fixture
 def fake_coco_with_weights(tmp_path, monkeypatch) -> tuple[Path, Path]:
-    """(TORCH_HOME holding the ImageNet ResNet-50 stand-in, a fake COCO 2017 tree): what every paper row needs."""
+    """(TORCH_HOME holding the ImageNet ResNet-50 stand-in, a fake COCO 2017 tree): what every paper row needs
+    (tests/test_imagenet_rows.py)."""
     torch_home = tmp_path / "torch"
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     place_imagenet_weights(torch_home)
     return torch_home, make_fake_coco(tmp_path / "coco")
 
 
+@pytest.fixture(scope="module")
+def rows_run(tmp_path_factory):
+    """The GGN-OLN row and the ADE20K row in one workflow run (the slow tier's time: one Snakemake start, and the
+    two rows' jobs fill both cores together), on one fake COCO tree and one ImageNet stand-in; each shipped
+    recipe as configured, only folders, data paths and schedules shrunk. One table, two rows."""
+    tmp = tmp_path_factory.mktemp("rows")
+    torch_home = tmp / "torch"
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    place_imagenet_weights(torch_home)
+    coco = make_fake_coco(tmp / "coco")
+    ade_root = tmp / "ADE20K_2021_17_01"
+    fake_ade20k(ade_root)
+    ade_json = tmp / "ade" / "validation_instances.json"
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    conv = subprocess.run([str(BIN / "ggn"), "convert-ade20k", "--root", str(ade_root), "--split", "validation",
+                           "--out", str(ade_json)], env=env, capture_output=True, text=True)
+    assert conv.returncode == 0, conv.stderr[-3000:]
+
+    shipped = {name: yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+               for name in ("coco_voc_to_nonvoc_oln", "coco_to_ade20k")}
+    oln = _shrink(yaml.safe_load((REPO / "config" / "coco_voc_to_nonvoc_oln.yaml").read_text()), tmp / "results",
+                  coco, "table_rows_test")
+    ade_config = _shrink(yaml.safe_load((REPO / "config" / "coco_to_ade20k.yaml").read_text()), tmp / "results",
+                         coco, "table_rows_test")
+    ade = ade_config["experiments"]["coco_to_ade20k"]["data"]
+    ade["eval_annotations"] = str(ade_json)
+    ade["eval_images"] = str(ade_root / "images" / "ADE" / "validation")
+    unchanged_recipe(shipped["coco_voc_to_nonvoc_oln"], oln)
+    unchanged_recipe(shipped["coco_to_ade20k"], ade_config)
+    config = {**ade_config, "run": [*ade_config["run"], *oln["experiments"]],
+              "experiments": {**ade_config["experiments"], **oln["experiments"]}}
+    proc = run_rows(tmp, config, torch_home)
+    yield tmp, proc.stdout + proc.stderr
+    monkeypatch.undo()
+
+
 @pytest.mark.slow
-def test_oln_row_with_pseudo_oln_on_fake_coco(tmp_path, fake_coco_with_weights):
+def test_oln_row_with_pseudo_oln_on_fake_coco(rows_run):
     from ggn.io import load_checkpoint
 
-    torch_home, coco = fake_coco_with_weights
-    shipped = yaml.safe_load((REPO / "config" / "coco_voc_to_nonvoc_oln.yaml").read_text())
-    config = _shrink(yaml.safe_load((REPO / "config" / "coco_voc_to_nonvoc_oln.yaml").read_text()),
-                     tmp_path / "results", coco, "table_oln_test")
-    unchanged_recipe(shipped, config)
-    proc = run_rows(tmp_path, config, torch_home)
-    exp = tmp_path / "results" / "coco_voc_to_nonvoc_oln"
+    tmp, out = rows_run
+    exp = tmp / "results" / "coco_voc_to_nonvoc_oln"
 
     # Pseudo-OLN: every candidate extracted unsuppressed, re-ranked per shard by the baseline OLN detector.
-    out = proc.stdout + proc.stderr
-    extract_cmds = [line for line in out.splitlines() if "ggn extract" in line]
+    extract_cmds = [line for line in out.splitlines() if "ggn extract" in line and "coco_voc_to_nonvoc_oln" in line]
     assert len(extract_cmds) == 2 and all("--top-k 0 --propose-params nms=0" in c for c in extract_cmds)
     rank_cmds = [line for line in out.splitlines() if "ggn rank-oln" in line]
     assert len(rank_cmds) == 2 and all("/seed0/detector/baseline/checkpoint.pt" in c for c in rank_cmds), rank_cmds
+    assert all("coco_voc_to_nonvoc_oln" in c for c in rank_cmds)  # the ADE20K row ranks nothing
     assert all("--nms 0.2 --top-k 20 --pa-weight 0.5" in c for c in rank_cmds)
     for i in range(2):
         meta = json.loads(pq.read_schema(exp / "seed0" / "pseudo" / "ranked" / f"{i}-of-2.parquet").metadata[b"ggn.shard"])
@@ -101,42 +135,25 @@ def test_oln_row_with_pseudo_oln_on_fake_coco(tmp_path, fake_coco_with_weights):
     for variant in ("baseline", "ggn"):
         for column in ("box_AR@100", "mask_AR@100"):
             assert math.isfinite(row[f"{variant}_{column}"])
-    md = (tmp_path / "results" / "table_oln_test.md").read_text()
+    md = (tmp / "results" / "table_rows_test.md").read_text()
     assert "OLN, Pseudo-OLN pseudo-GT" in md and "– → 33.7 (box AR@100)" in md
 
 
 @pytest.mark.slow
-def test_ade20k_row_evaluates_the_coco_models_on_converted_ade20k(tmp_path, fake_coco_with_weights):
-    torch_home, coco = fake_coco_with_weights
-    ade_root = tmp_path / "ADE20K_2021_17_01"
-    fake_ade20k(ade_root)
-    ade_json = tmp_path / "ade" / "validation_instances.json"
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    conv = subprocess.run([str(BIN / "ggn"), "convert-ade20k", "--root", str(ade_root), "--split", "validation",
-                           "--out", str(ade_json)], env=env, capture_output=True, text=True)
-    assert conv.returncode == 0, conv.stderr[-3000:]
-
-    row_config = REPO / "config" / "coco_to_ade20k.yaml"
-    shipped = yaml.safe_load(row_config.read_text())
-    config = _shrink(yaml.safe_load(row_config.read_text()), tmp_path / "results", coco, "table_ade_test")
-    ade = config["experiments"]["coco_to_ade20k"]["data"]
-    ade["eval_annotations"] = str(ade_json)
-    ade["eval_images"] = str(ade_root / "images" / "ADE" / "validation")
-    unchanged_recipe(shipped, config)
-    proc = run_rows(tmp_path, config, torch_home)
-    results = tmp_path / "results"
+def test_ade20k_row_evaluates_the_coco_models_on_converted_ade20k(rows_run):
+    tmp, out = rows_run
+    results = tmp / "results"
 
     # The row trains nothing: it predicts with coco_all's detectors on ADE20K.
     assert not (results / "coco_to_ade20k" / "seed0" / "pa").exists()
     assert not (results / "coco_to_ade20k" / "seed0" / "pseudo").exists()
-    out = proc.stdout + proc.stderr
     predicts = [line for line in out.splitlines() if "ggn predict" in line and "coco_to_ade20k" in line]
     assert len(predicts) == 2 and all(f"{results}/coco_all/seed0/detector/" in c for c in predicts), predicts
     ev = json.loads((results / "coco_to_ade20k" / "data" / "eval.json").read_text())
     assert len(ev["annotations"]) == 5 and all(a["ignored_split"] == 0 for a in ev["annotations"])
-    rows = list((results).glob("*/row.json"))
-    assert [p.parent.name for p in rows] == ["coco_to_ade20k"]  # `run` builds the ADE20K row only
-    row = json.loads(rows[0].read_text())
+    rows = sorted(p.parent.name for p in results.glob("*/row.json"))
+    assert rows == ["coco_to_ade20k", "coco_voc_to_nonvoc_oln"]  # `run` builds these rows, not coco_all's
+    row = json.loads((results / "coco_to_ade20k" / "row.json").read_text())
     for variant in ("baseline", "ggn"):
         assert math.isfinite(row[f"{variant}_mask_AR@100"])
-    assert "| coco_to_ade20k |" in (results / "table_ade_test.md").read_text()
+    assert "| coco_to_ade20k |" in (results / "table_rows_test.md").read_text()

@@ -7,4 +7,6 @@ if [ ! -f "$root/pyproject.toml" ]; then
     echo "no pyproject.toml in $root: run snakemake from the repository root, with the default --conda-prefix" >&2
     exit 1
 fi
-python -m pip install --no-deps -e "$root"
+# --no-build-isolation: setuptools, wheel and Cython come from ggn.yaml and numpy from the lock, so the compiled
+# kernels are built against the numpy they run with, and nothing more is downloaded here.
+python -m pip install --no-deps --no-build-isolation -e "$root"
