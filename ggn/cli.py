@@ -5,8 +5,8 @@ import argparse
 import importlib
 import sys
 
-from ggn.bounds import check_options
 from ggn import __version__
+from ggn.bounds import check_options
 from ggn.images import ImageError
 from ggn.io import InputError, check_writable, setup_logging
 
