@@ -129,8 +129,9 @@ def split(train_src: dict, eval_src: dict | None, seen: str | list[str], unseen:
     if exclude_eval_images is not None and eval_src is not None:
         eval_checked, _ = validate_coco(eval_src, eval_path, renumber=False)
         shared = shared_image_ids(train_src, eval_checked, *exclude_eval_images)
-        log.warning("train: %d of %d training images are also evaluation images (%s); left out of training",
-                    len(shared), len(train_src["images"]), eval_path)
+        (log.warning if shared else log.info)("train: %d of %d training images are also evaluation images (%s); "
+                                              "left out of training", len(shared), len(train_src["images"]),
+                                              eval_path)
         train_src = drop_images(train_src, shared)
     seen_names = set(class_names(seen, train_src["categories"]))
     seen_ids = {c["id"] for c in train_src["categories"] if c["name"] in seen_names}
