@@ -221,9 +221,10 @@ def log_counts(path: str | os.PathLike, counts: dict, total: int | None = None) 
     """One warning per kind of repair or drop (nothing when the file was clean)."""
     for key, words in {**REPAIRS, **DROPS}.items():
         if counts.get(key):
-            # COCO's own crowd regions are uncompressed RLE: converting them is routine, not a warning.
-            (log.info if key in ("rle_converted", "file_names_from_coco_url") else log.warning)("%s: %d %s%s", path, counts[key], words,
-                        " (dropped)" if key in DROPS and key != "background_class" else "")
+            # COCO's own crowd regions are uncompressed RLE, LVIS names images by URL: routine, not warnings.
+            routine = key in ("rle_converted", "file_names_from_coco_url")
+            (log.info if routine else log.warning)("%s: %d %s%s", path, counts[key], words,
+                                                   " (dropped)" if key in DROPS and key != "background_class" else "")
 
 
 def load_coco(path: str | os.PathLike, what: str = "annotation file", **kwargs) -> tuple[dict, dict]:

@@ -126,9 +126,10 @@ def split(train_src: dict, eval_src: dict | None, seen: str | list[str], unseen:
     """
     train_src, counts = validate_coco(train_src, train_path, renumber=False)
     log_counts(train_path, counts)
+    if eval_src is not None:  # validated once, before its images are compared with the training images
+        eval_src, eval_counts = validate_coco(eval_src, eval_path, renumber=False)
     if exclude_eval_images is not None and eval_src is not None:
-        eval_checked, _ = validate_coco(eval_src, eval_path, renumber=False)
-        shared = shared_image_ids(train_src, eval_checked, *exclude_eval_images)
+        shared = shared_image_ids(train_src, eval_src, *exclude_eval_images)
         (log.warning if shared else log.info)("train: %d of %d training images are also evaluation images (%s); "
                                               "left out of training", len(shared), len(train_src["images"]),
                                               eval_path)
@@ -147,8 +148,7 @@ def split(train_src: dict, eval_src: dict | None, seen: str | list[str], unseen:
     if eval_src is None:
         return train, None
 
-    eval_src, counts = validate_coco(eval_src, eval_path, renumber=False)
-    log_counts(eval_path, counts)
+    log_counts(eval_path, eval_counts)
     eval_seen_names = set(class_names(seen if eval_seen is None else eval_seen, eval_src["categories"]))
     if eval_unseen is None:
         eval_unseen = unseen
