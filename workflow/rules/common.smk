@@ -145,14 +145,14 @@ FRAMES_MANIFEST = "ggn_frames.json"  # written by `ggn video-frames` into the fr
 def eval_frames(wildcards):
     """The frames manifest of an evaluation set made from videos (UVO), so that the split waits for the frames."""
     data = experiment(wildcards)["data"]
-    return [f"{data['eval_images']}/{FRAMES_MANIFEST}"] if data.get("eval_videos") else []
+    return [f"{os.path.normpath(data['eval_images'])}/{FRAMES_MANIFEST}"] if data.get("eval_videos") else []
 
 
 def video_frames_source(wildcards):
     """Evaluation file and videos of the frames folder `wildcards.frames` (any experiment that names it)."""
     for exp in config["experiments"].values():
         data = exp.get("data") or {}
-        if data.get("eval_videos") and data.get("eval_images") == wildcards.frames:
+        if data.get("eval_videos") and os.path.normpath(data["eval_images"]) == os.path.normpath(wildcards.frames):
             return {"annotations": data["eval_annotations"], "videos": data["eval_videos"]}
     raise ValueError(f"no experiment has eval_images {wildcards.frames} with eval_videos")
 
