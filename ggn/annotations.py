@@ -8,6 +8,8 @@ each with its test):
   positive height/width, a `file_name` leaving the image folder, duplicated image or category ids, an
   annotation on an image or of a category the file does not list, and a file whose objects have no masks at
   all (a box-only export: GGN learns from instance masks);
+- completed, counted and logged: an image without `file_name` but with a `coco_url` (LVIS v1 as released) is
+  named `<folder>/<file>` from the URL's last two parts, relative to the COCO image root (docs/datasets.md);
 - repaired, counted and logged: uncompressed RLE (converted to compressed), a polygon written flat (`[x, y, ...]`:
   read as the one polygon it is), polygons with fewer than 3 points or
   an odd number of coordinates (that polygon dropped), a zero-area, missing, non-finite or out-of-image box
@@ -34,6 +36,8 @@ BACKGROUND_NAMES = frozenset({"_background_", "__background__", "__ignore__"})
 
 # Counters of `validate_coco`, with the words the log uses for them.
 REPAIRS = {
+    "file_names_from_coco_url": "images without a file_name named by their coco_url (LVIS v1: <folder>/<file> under "
+                                "the COCO image root)",
     "rle_converted": "uncompressed RLE masks converted to compressed RLE",
     "flat_polygons": ("segmentations written as one flat polygon ([x, y, x, y, ...] without the enclosing list), "
                       "read as that polygon"),
@@ -112,7 +116,7 @@ def validate_coco(data: Any, path: str | os.PathLike, *, annotations: bool = Tru
     """
     from pycocotools import mask as mask_utils
 
-    from ggn.images import file_name_problem
+    from ggn.images import file_name_problem, with_file_name
 
     path = str(path)
     if not isinstance(data, dict):
@@ -126,6 +130,7 @@ def validate_coco(data: Any, path: str | os.PathLike, *, annotations: bool = Tru
     if not data["images"]:
         raise InputError(f"{path} lists no images (empty 'images'): nothing to train or evaluate on (a train.json "
                          "of `ggn split` is empty when no image has an object of a seen class: check `seen`)")
+    counts: Counter = Counter()
     images: dict[int, dict] = {}
     for img in data["images"]:
         if not isinstance(img, dict) or not _is_int(img.get("id")):
@@ -136,14 +141,17 @@ def validate_coco(data: Any, path: str | os.PathLike, *, annotations: bool = Tru
             if not _is_int(img.get(key)) or img[key] <= 0:
                 raise InputError(f"{path}: image {img['id']} needs a positive integer '{key}' (got "
                                  f"{img.get(key)!r}); export the file again with image sizes")
+        named = with_file_name(img)
+        if named is not img:
+            counts["file_names_from_coco_url"] += 1
+            img = named
         problem = file_name_problem(img.get("file_name"))
         if problem:
             raise InputError(f"{path}: image {img['id']}: {problem}")
         images[img["id"]] = img
 
     out = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
-    out["images"] = list(data["images"])
-    counts: Counter = Counter()
+    out["images"] = list(images.values())
     background: set = set()
     if isinstance(data.get("categories"), list):
         cats, ids = [], set()
@@ -230,9 +238,10 @@ def log_counts(path: str | os.PathLike, counts: dict, total: int | None = None) 
     """One warning per kind of repair or drop (nothing when the file was clean)."""
     for key, words in {**REPAIRS, **DROPS}.items():
         if counts.get(key):
-            # COCO's own crowd regions are uncompressed RLE: converting them is routine, not a warning.
-            (log.info if key == "rle_converted" else log.warning)("%s: %d %s%s", path, counts[key], words,
-                        " (dropped)" if key in DROPS and key != "background_class" else "")
+            # COCO's own crowd regions are uncompressed RLE, LVIS names images by URL: routine, not warnings.
+            routine = key in ("rle_converted", "file_names_from_coco_url")
+            (log.info if routine else log.warning)("%s: %d %s%s", path, counts[key], words,
+                                                   " (dropped)" if key in DROPS and key != "background_class" else "")
 
 
 def load_coco(path: str | os.PathLike, what: str = "annotation file", **kwargs) -> tuple[dict, dict]:

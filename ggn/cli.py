@@ -19,6 +19,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "synth": ("ggn.synth", "generate the bundled synthetic open-world dataset (COCO format)"),
     "split": ("ggn.split", "keep seen-class annotations for training, mark seen/unseen for evaluation"),
     "convert-ade20k": ("ggn.convert_ade20k", "ADE20K (ADE20K_2021_17_01) instance annotations -> COCO instances JSON"),
+    "video-frames": ("ggn.video_frames", "a video dataset as released (UVO) -> its annotated frames, once, resumable"),
     "list-images": ("ggn.list_images", "a folder tree of images (ImageNet train/) -> COCO image list JSON (no annotations)"),
     "evaluate": ("ggn.evaluate", "cross-category average recall (AR@k) on unseen classes"),
     "train-pa": ("ggn.pa.train", "train the pairwise-affinity network"),

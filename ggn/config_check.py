@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 
 # Experiment keys that name files or folders, by block.
-DATA_KEYS = {"data": ("train_annotations", "train_images", "eval_annotations", "eval_images"),
+DATA_KEYS = {"data": ("train_annotations", "train_images", "eval_annotations", "eval_images", "eval_videos"),
              "pseudo_data": ("annotations", "images")}
 # Keys of a stage block that the workflow turns into other flags itself, never passed as `--key`.
 WORKFLOW_KEYS = {"extract": {"num_shards"}}
@@ -89,8 +89,10 @@ def check_paths(name: str, exp: dict) -> None:
     for block, keys in DATA_KEYS.items():
         for key in keys:
             value = (exp.get(block) or {}).get(key)
+            if key == "eval_images" and (exp.get(block) or {}).get("eval_videos"):
+                continue  # the frames are made from eval_videos by the workflow (`ggn video-frames`)
             if value:
-                _must_exist(name, f"{block}.{key}", value, folder=key.endswith("images"))
+                _must_exist(name, f"{block}.{key}", value, folder=key.endswith(("images", "videos")))
     if exp.get("pa_checkpoint"):
         _must_exist(name, "pa_checkpoint", exp["pa_checkpoint"], folder=False)
     for block in ("pa", "detector"):

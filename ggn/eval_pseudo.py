@@ -59,8 +59,11 @@ class MinedObjects:
         if not self.unseen_ids:
             log.warning("no unseen class in %s (seen: %s): recall and precision are undefined", full_path, seen)
 
-        by_id = {int(img["id"]): img for img in full["images"]}
-        by_file = {img.get("file_name"): img for img in full["images"]}
+        from ggn.images import with_file_name
+
+        full_images = [with_file_name(img) for img in full["images"]]  # LVIS v1: named by coco_url, as split names them
+        by_id = {int(img["id"]): img for img in full_images}
+        by_file = {img.get("file_name"): img for img in full_images}
         self.images: dict[int, dict] = {}  # mined id -> {"id", "height", "width", "file_name"}
         source_of: dict[int, int] = {}  # full-file id -> mined id
         for img in mined["images"]:

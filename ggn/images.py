@@ -20,6 +20,7 @@ import os
 import re
 import unicodedata
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -38,12 +39,37 @@ class ImageError(Exception):
 def file_name_problem(file_name) -> str | None:
     """Why an `images` entry's file_name cannot name a file under the image folder, or None."""
     if not isinstance(file_name, str) or not file_name.strip():
-        return f"file_name {file_name!r} is not a file name"
+        return (f"file_name {file_name!r} is not a file name (an image needs a 'file_name' relative to the image "
+                "folder, or, as in LVIS v1, a 'coco_url' whose last two parts name it: <folder>/<file>)")
     parts = PurePosixPath(file_name.replace("\\", "/"))
     if parts.is_absolute() or ".." in parts.parts or re.match(r"^[A-Za-z]:", file_name):
         return (f"file_name {file_name!r} leaves the image folder (absolute, or with '..'); give names relative "
                 "to the image folder (subfolders are fine)")
     return None
+
+
+def coco_url_file_name(url) -> str | None:
+    """`<folder>/<file>` from an LVIS v1 image's `coco_url` (`http://images.cocodataset.org/val2017/0..139.jpg`
+    -> `val2017/0..139.jpg`), a name relative to the COCO image root; None when `url` has no such two parts.
+
+    LVIS v1 files name no `file_name`: the URL's last two path components say which COCO folder holds the image
+    (LVIS val draws from both train2017/ and val2017/), as mmdetection's LVISV1Dataset and detectron2's LVIS
+    loader read them."""
+    if not isinstance(url, str):
+        return None
+    parts = [p for p in urlparse(url.strip()).path.split("/") if p]
+    if len(parts) < 2 or parts[-2] in (".", "..") or parts[-1] in (".", ".."):
+        return None
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def with_file_name(info: dict) -> dict:
+    """An `images` entry with its `file_name`: its own when it has one (COCO), else the one its `coco_url` names
+    (LVIS v1); the entry itself when nothing changes, a copy otherwise."""
+    if info.get("file_name") is not None:
+        return info
+    name = coco_url_file_name(info.get("coco_url"))
+    return info if name is None else {**info, "file_name": name}
 
 
 def image_path(root: str | os.PathLike, file_name: str) -> Path:

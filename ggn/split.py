@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from ggn.annotations import log_counts, validate_coco
@@ -87,10 +88,32 @@ def make_eval(data: dict, seen_ids: set[int], unseen_ids: set[int]) -> tuple[dic
     return out, stats
 
 
+def shared_image_ids(train_src: dict, eval_src: dict, train_root: str | os.PathLike,
+                     eval_root: str | os.PathLike) -> set[int]:
+    """Ids of the training images whose file is also an evaluation image (the same path once both folders are
+    resolved): LVIS v1 val takes most of its 19,809 images from COCO train2017 (val2017 holds 5,000)."""
+    from ggn.images import image_path
+
+    def where(root, info) -> str:
+        return os.path.normcase(os.path.realpath(image_path(root, info["file_name"])))
+
+    evaluated = {where(eval_root, img) for img in eval_src["images"]}
+    return {img["id"] for img in train_src["images"] if where(train_root, img) in evaluated}
+
+
+def drop_images(data: dict, image_ids: set[int]) -> dict:
+    """`data` without the images `image_ids` and their annotations."""
+    out = dict(data)
+    out["images"] = [img for img in data["images"] if img["id"] not in image_ids]
+    out["annotations"] = [a for a in data.get("annotations", []) if a["image_id"] not in image_ids]
+    return out
+
+
 def split(train_src: dict, eval_src: dict | None, seen: str | list[str], unseen: str | list[str] | None = None,
           train_path: str = "train annotations", eval_path: str = "eval annotations",
           eval_seen: str | list[str] | None = None, eval_unseen: str | list[str] | None = None,
-          allow_no_unseen: bool = False, keep_all_images: bool = False) -> tuple[dict, dict | None]:
+          allow_no_unseen: bool = False, keep_all_images: bool = False,
+          exclude_eval_images: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> tuple[dict, dict | None]:
     """(train.json, eval.json) contents for a class split; class specs as in ggn.classes.
 
     `seen` is resolved in the training file; the evaluation file uses `eval_seen` (default `seen`)
@@ -98,9 +121,19 @@ def split(train_src: dict, eval_src: dict | None, seen: str | list[str], unseen:
     files may number (or even name) their categories differently. Both files go through the annotation
     validator (ggn.annotations) first. An evaluation set without any unseen-class object is refused (every
     AR would be undefined) unless `allow_no_unseen`; `eval_src` None makes the training file only.
+    `exclude_eval_images` (training image folder, evaluation image folder): training images that are also
+    evaluation images are left out of train.json (the COCO -> LVIS protocol, docs/datasets.md).
     """
     train_src, counts = validate_coco(train_src, train_path, renumber=False)
     log_counts(train_path, counts)
+    if eval_src is not None:  # validated once, before its images are compared with the training images
+        eval_src, eval_counts = validate_coco(eval_src, eval_path, renumber=False)
+    if exclude_eval_images is not None and eval_src is not None:
+        shared = shared_image_ids(train_src, eval_src, *exclude_eval_images)
+        (log.warning if shared else log.info)("train: %d of %d training images are also evaluation images (%s); "
+                                              "left out of training", len(shared), len(train_src["images"]),
+                                              eval_path)
+        train_src = drop_images(train_src, shared)
     seen_names = set(class_names(seen, train_src["categories"]))
     seen_ids = {c["id"] for c in train_src["categories"] if c["name"] in seen_names}
     log.info("seen classes for training (%d): %s", len(seen_names), _short(seen_names))
@@ -115,8 +148,7 @@ def split(train_src: dict, eval_src: dict | None, seen: str | list[str], unseen:
     if eval_src is None:
         return train, None
 
-    eval_src, counts = validate_coco(eval_src, eval_path, renumber=False)
-    log_counts(eval_path, counts)
+    log_counts(eval_path, eval_counts)
     eval_seen_names = set(class_names(seen if eval_seen is None else eval_seen, eval_src["categories"]))
     if eval_unseen is None:
         eval_unseen = unseen
@@ -175,6 +207,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mining-out", type=Path, default=None,
                         help="also write every training image, none dropped, with its seen-class objects: the "
                              "images pseudo-GT is mined from when no detector is trained (`targets: pseudo`)")
+    parser.add_argument("--exclude-eval-images", nargs=2, type=Path, default=None,
+                        metavar=("TRAIN_IMAGES", "EVAL_IMAGES"),
+                        help="the two image folders: training images whose file is also an evaluation image are "
+                             "left out of --train-out (COCO train2017 images in LVIS v1 val for COCO -> LVIS)")
     parser.add_argument("--allow-no-unseen", action="store_true",
                         help="accept an evaluation set without unseen-class objects (a warning, not an error)")
 
@@ -188,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
     eval_src = read_json(args.eval_annotations, "evaluation annotations") if args.eval_annotations else None
     train, ev = split(train_src, eval_src, args.seen, args.unseen,
                       str(args.train_annotations), str(args.eval_annotations),
-                      eval_seen=args.eval_seen, eval_unseen=args.eval_unseen, allow_no_unseen=args.allow_no_unseen)
+                      eval_seen=args.eval_seen, eval_unseen=args.eval_unseen, allow_no_unseen=args.allow_no_unseen,
+                      exclude_eval_images=args.exclude_eval_images)
     if args.train_out is not None:
         atomic_write_json(args.train_out, train)
         log.info("wrote %s", args.train_out)

@@ -137,10 +137,29 @@ def synth_flags(wildcards):
 
 def split_flags(wildcards):
     exp = experiment(wildcards)
-    return to_flags({"seen": exp["seen"], "unseen": exp["unseen"],
+    shared = [train_images(wildcards), eval_images(wildcards)] if exp["data"].get("exclude_eval_images") else None
+    return to_flags({"seen": exp["seen"], "unseen": exp["unseen"], "exclude_eval_images": shared,
                      "eval_seen": exp["eval_seen"], "eval_unseen": exp["eval_unseen"],
                      # pseudo-GT only: an evaluation set without unseen objects is no error (nothing is evaluated)
                      "allow_no_unseen": True if exp["targets"] == "pseudo" else None})
+
+
+FRAMES_MANIFEST = "ggn_frames.json"  # written by `ggn video-frames` into the frames folder once every frame is there
+
+
+def eval_frames(wildcards):
+    """The frames manifest of an evaluation set made from videos (UVO), so that the split waits for the frames."""
+    data = experiment(wildcards)["data"]
+    return [f"{os.path.normpath(data['eval_images'])}/{FRAMES_MANIFEST}"] if data.get("eval_videos") else []
+
+
+def video_frames_source(wildcards):
+    """Evaluation file and videos of the frames folder `wildcards.frames` (any experiment that names it)."""
+    for exp in config["experiments"].values():
+        data = exp.get("data") or {}
+        if data.get("eval_videos") and os.path.normpath(data["eval_images"]) == os.path.normpath(wildcards.frames):
+            return {"annotations": data["eval_annotations"], "videos": data["eval_videos"]}
+    raise ValueError(f"no experiment has eval_images {wildcards.frames} with eval_videos")
 
 
 def seen_flags(wildcards):

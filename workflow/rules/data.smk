@@ -20,10 +20,31 @@ rule synth:
         "ggn synth --out {params.out:q} --workers {threads} {params.flags} > {log:q} 2>&1"
 
 
+rule video_frames:
+    # Once per frames folder (UVO): the annotated frames of the release's videos, each written atomically and
+    # skipped when already there, so that an interrupted run resumes; the manifest says that all are there.
+    input:
+        unpack(video_frames_source),
+    output:
+        manifest=f"{{frames}}/{FRAMES_MANIFEST}",
+    conda:
+        "../envs/ggn.yaml"
+    log:
+        "{frames}/ggn_frames.log",
+    threads: job_threads("video_frames")
+    resources:
+        mem_mb=job_resource("video_frames", "mem_mb"),
+        runtime=job_resource("video_frames", "runtime"),
+    shell:
+        "ggn video-frames --annotations {input.annotations:q} --videos {input.videos:q} --out {wildcards.frames:q}"
+        " --workers {threads} > {log:q} 2>&1"
+
+
 rule split:
     input:
         train=train_source,
         eval=eval_source,
+        frames=eval_frames,
     output:
         train=f"{RESULTS}/{{exp}}/data/train.json",
         eval=f"{RESULTS}/{{exp}}/data/eval.json",
