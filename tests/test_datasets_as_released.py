@@ -19,7 +19,7 @@ import yaml
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from test_more_paper_rows import _shrink, fake_coco_with_weights, run_rows, unchanged_recipe  # noqa: F401
+from test_more_paper_rows import _shrink, run_rows, unchanged_recipe
 from test_paper_row import BIN, REPO, TRAIN_IMAGES, VAL_IMAGES, make_fake_coco
 
 LVIS_COCO = REPO / "config" / "classes" / "lvis_coco.txt"
@@ -169,18 +169,50 @@ def _lvis_rows_config(tmp_path: Path, coco: Path, lvis: Path) -> dict:
     return config
 
 
-@pytest.mark.slow
-def test_lvis_rows_end_to_end_on_lvis_v1_as_released(tmp_path, fake_coco_with_weights):
-    torch_home, coco = fake_coco_with_weights
-    lvis = tmp_path / "lvis"
+@pytest.fixture(scope="module")
+def released_rows_run(tmp_path_factory):
+    """Both LVIS rows and the UVO row in one workflow run (one Snakemake start; the three rows' jobs fill both
+    cores together), on one fake COCO tree, an LVIS-v1-shaped tree and a UVO-v1.0-shaped tree; each shipped recipe
+    as configured, only folders, data paths and schedules shrunk. One table, three rows."""
+    pytest.importorskip("av", reason="PyAV (pyproject dependency) decodes the videos")
+    from test_paper_row import place_imagenet_weights
+
+    tmp = tmp_path_factory.mktemp("released")
+    torch_home = tmp / "torch"
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    place_imagenet_weights(torch_home)
+    coco = make_fake_coco(tmp / "coco")
+    lvis = tmp / "lvis"
     ids = make_fake_lvis(coco, lvis)
-    (tmp_path / "config").symlink_to(REPO / "config")  # the rows name @config/classes/lvis_coco.txt
-    config = _lvis_rows_config(tmp_path, coco, lvis)
+    (tmp / "config").symlink_to(REPO / "config")  # the LVIS rows name @config/classes/lvis_coco.txt
+    config = _lvis_rows_config(tmp, coco, lvis)
     for row in ("coco_to_lvis", "lvis_to_coco"):
         unchanged_recipe(yaml.safe_load((REPO / "config" / f"{row}.yaml").read_text()),
                          {"experiments": {row: config["experiments"][row]}})
+
+    uvo = make_fake_uvo_release(tmp / "uvo")
+    shipped = yaml.safe_load((REPO / "config" / "coco_to_uvo.yaml").read_text())
+    uvo_config = _shrink(yaml.safe_load((REPO / "config" / "coco_to_uvo.yaml").read_text()), tmp / "results", coco,
+                         "table_released_test")
+    data = uvo_config["experiments"]["coco_to_uvo"]["data"]
+    shipped_data = shipped["experiments"]["coco_to_uvo"]["data"]
+    assert shipped_data["eval_annotations"].endswith("FrameSet/UVO_frame_val.json")
+    for key in ("eval_annotations", "eval_images", "eval_videos"):
+        data[key] = shipped_data[key].replace("datasets/uvo", str(uvo))
+    unchanged_recipe(shipped, uvo_config)
+    config["table"] = "table_released_test"
+    config["experiments"].update(uvo_config["experiments"])
+    proc = run_rows(tmp, config, torch_home)
+    yield tmp, ids, uvo, proc.stdout + proc.stderr
+    monkeypatch.undo()
+
+
+@pytest.mark.slow
+def test_lvis_rows_end_to_end_on_lvis_v1_as_released(released_rows_run):
+    tmp_path, ids, _, _ = released_rows_run
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert config["experiments"]["coco_to_lvis"]["data"]["exclude_eval_images"] is True
-    run_rows(tmp_path, config, torch_home)
     results = tmp_path / "results"
 
     # COCO -> LVIS: train2017 images of LVIS val left out of training; LVIS val's files found in both folders.
@@ -199,8 +231,8 @@ def test_lvis_rows_end_to_end_on_lvis_v1_as_released(tmp_path, fake_coco_with_we
         values = json.loads((results / row / "row.json").read_text())
         for variant in ("baseline", "ggn"):
             assert math.isfinite(values[f"{variant}_mask_AR@100"]), (row, variant)
-    md = (results / "table_lvis_test.md").read_text()
-    assert "| coco_to_lvis |" in md and "| lvis_to_coco |" in md
+    md = (results / "table_released_test.md").read_text()
+    assert "| coco_to_lvis |" in md and "| lvis_to_coco |" in md and "| coco_to_uvo |" in md
 
 
 # ---------------------------------------------------------------- UVO v1.0 as released
@@ -322,23 +354,11 @@ def test_video_frames_names_missing_short_and_resized_videos(tmp_path):
 
 
 @pytest.mark.slow
-def test_uvo_row_end_to_end_on_uvo_v1_as_released(tmp_path, fake_coco_with_weights):
-    pytest.importorskip("av", reason="PyAV (pyproject dependency) decodes the videos")
-    torch_home, coco = fake_coco_with_weights
-    uvo = make_fake_uvo_release(tmp_path / "uvo")
-    row = REPO / "config" / "coco_to_uvo.yaml"
-    shipped = yaml.safe_load(row.read_text())
-    config = _shrink(yaml.safe_load(row.read_text()), tmp_path / "results", coco, "table_uvo_test")
-    data = config["experiments"]["coco_to_uvo"]["data"]
-    shipped_data = shipped["experiments"]["coco_to_uvo"]["data"]
-    assert shipped_data["eval_annotations"].endswith("FrameSet/UVO_frame_val.json")
-    for key in ("eval_annotations", "eval_images", "eval_videos"):
-        data[key] = shipped_data[key].replace("datasets/uvo", str(uvo))
-    unchanged_recipe(shipped, config)
-    proc = run_rows(tmp_path, config, torch_home)
+def test_uvo_row_end_to_end_on_uvo_v1_as_released(released_rows_run):
+    tmp_path, _, uvo, output = released_rows_run
     frames = uvo / "uvo_videos_sparse_frames"
     assert (frames / "ggn_frames.json").is_file() and len(list(frames.rglob("*.png"))) == 5
-    assert "ggn video-frames" in proc.stdout + proc.stderr
+    assert "ggn video-frames" in output
     values = json.loads((tmp_path / "results" / "coco_to_uvo" / "row.json").read_text())
     for variant in ("baseline", "ggn"):
         assert math.isfinite(values[f"{variant}_mask_AR@100"]), variant
