@@ -137,7 +137,8 @@ def synth_flags(wildcards):
 
 def split_flags(wildcards):
     exp = experiment(wildcards)
-    shared = [train_images(wildcards), eval_images(wildcards)] if exp["data"].get("exclude_eval_images") else None
+    shared = ([train_images(wildcards), eval_images(wildcards)]
+              if (exp.get("data") or {}).get("exclude_eval_images") else None)  # a synthetic experiment has no data
     return to_flags({"seen": exp["seen"], "unseen": exp["unseen"], "exclude_eval_images": shared,
                      "eval_seen": exp["eval_seen"], "eval_unseen": exp["eval_unseen"],
                      # pseudo-GT only: an evaluation set without unseen objects is no error (nothing is evaluated)
@@ -149,7 +150,7 @@ FRAMES_MANIFEST = "ggn_frames.json"  # written by `ggn video-frames` into the fr
 
 def eval_frames(wildcards):
     """The frames manifest of an evaluation set made from videos (UVO), so that the split waits for the frames."""
-    data = experiment(wildcards)["data"]
+    data = experiment(wildcards).get("data") or {}  # a synthetic experiment has none
     return [f"{os.path.normpath(data['eval_images'])}/{FRAMES_MANIFEST}"] if data.get("eval_videos") else []
 
 
