@@ -19,7 +19,7 @@ import yaml
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from test_more_paper_rows import _shrink, run_rows, unchanged_recipe
+from test_more_paper_rows import _shrink, module_coco_with_weights, run_rows, unchanged_recipe
 from test_paper_row import BIN, REPO, TRAIN_IMAGES, VAL_IMAGES, make_fake_coco
 
 LVIS_COCO = REPO / "config" / "classes" / "lvis_coco.txt"
@@ -175,14 +175,9 @@ def released_rows_run(tmp_path_factory):
     cores together), on one fake COCO tree, an LVIS-v1-shaped tree and a UVO-v1.0-shaped tree; each shipped recipe
     as configured, only folders, data paths and schedules shrunk. One table, three rows."""
     pytest.importorskip("av", reason="PyAV (pyproject dependency) decodes the videos")
-    from test_paper_row import place_imagenet_weights
 
     tmp = tmp_path_factory.mktemp("released")
-    torch_home = tmp / "torch"
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    place_imagenet_weights(torch_home)
-    coco = make_fake_coco(tmp / "coco")
+    monkeypatch, torch_home, coco = module_coco_with_weights(tmp)
     lvis = tmp / "lvis"
     ids = make_fake_lvis(coco, lvis)
     (tmp / "config").symlink_to(REPO / "config")  # the LVIS rows name @config/classes/lvis_coco.txt

@@ -72,17 +72,23 @@ def fake_coco_with_weights(tmp_path, monkeypatch) -> tuple[Path, Path]:
     return torch_home, make_fake_coco(tmp_path / "coco")
 
 
+def module_coco_with_weights(tmp: Path) -> tuple[pytest.MonkeyPatch, Path, Path]:
+    """For a module-scoped run: (the MonkeyPatch that set TORCH_HOME, to undo after the run; TORCH_HOME holding the
+    ImageNet ResNet-50 stand-in; a fake COCO 2017 tree), all under `tmp`."""
+    torch_home = tmp / "torch"
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    place_imagenet_weights(torch_home)
+    return monkeypatch, torch_home, make_fake_coco(tmp / "coco")
+
+
 @pytest.fixture(scope="module")
 def rows_run(tmp_path_factory):
     """The GGN-OLN row and the ADE20K row in one workflow run (the slow tier's time: one Snakemake start, and the
     two rows' jobs fill both cores together), on one fake COCO tree and one ImageNet stand-in; each shipped
     recipe as configured, only folders, data paths and schedules shrunk. One table, two rows."""
     tmp = tmp_path_factory.mktemp("rows")
-    torch_home = tmp / "torch"
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    place_imagenet_weights(torch_home)
-    coco = make_fake_coco(tmp / "coco")
+    monkeypatch, torch_home, coco = module_coco_with_weights(tmp)
     ade_root = tmp / "ADE20K_2021_17_01"
     fake_ade20k(ade_root)
     ade_json = tmp / "ade" / "validation_instances.json"
