@@ -37,6 +37,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "import-pseudo": ("ggn.import_pseudo", "the authors' released pseudo-GT (merged COCO file or mask lists) -> a shard"),
     "compare-pseudo": ("ggn.compare_pseudo", "share of the authors' kept pseudo-GT masks our candidates reproduce"),
     "check-resources": ("ggn.check_resources", "before a Slurm run: name every job that no node of its partition can run (sinfo)"),
+    "check-config": ("ggn.check_config", "check a config file (YAML line, schema field, stage options) before Snakemake reads it"),
     "recipe": ("ggn.recipe", "print the options each stage of a config's experiments receives (lr, batch, grouping)"),
 }
 

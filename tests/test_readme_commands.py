@@ -1,6 +1,6 @@
 """Every shell command in the README's fenced `bash` blocks runs as written, as far as it can run here: `make`
 targets as `make -n -B` (what they would do), `snakemake` as a dry run, `ggn check-resources` against recorded-format
-`sinfo` output, `python -c` and `make slurm-profile` for real. They run in a folder laid out as a user's clone
+`sinfo` output, `ggn check-config`, `python -c` and `make slurm-profile` for real. They run in a folder laid out as a user's clone
 (config/, profiles/, workflow/ of this checkout; datasets/coco a generated COCO-layout tree; the Slurm profile
 installed by name in a temporary $XDG_CONFIG_HOME). A command this test does not know fails it, so a new README
 command is either checked here or skipped with its reason."""
@@ -75,6 +75,8 @@ def as_check(command: str, root: Path) -> tuple[list[str], Path] | None:
         return [*argv, *([] if "-n" in argv else ["-n"])], root
     if argv[:2] == ["ggn", "check-resources"]:
         return ["ggn", "check-resources", "--sinfo", str(root / "sinfo.txt"), *argv[2:]], root
+    if argv[:2] == ["ggn", "check-config"]:
+        return argv, root
     if argv[0] == "python" and argv[1] == "-c":
         return argv, root
     pytest.fail(f"README command not known to this test: {command!r}; check it here or add it to SKIP with a reason")
