@@ -298,6 +298,7 @@ def screenshot_report(report: Path, png: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.smoke  # `make test` runs it beside the fast tier
 def test_tiny_pipeline_end_to_end_and_incremental(tmp_path):
     results = tmp_path / "results"
     cfg = tmp_path / "config.yaml"
