@@ -3,7 +3,8 @@
 LVIS v1's files name no `file_name`: each image is named by its `coco_url`, and LVIS val draws from both COCO
 train2017/ and val2017/. UVO ships videos and frame annotations; `ggn video-frames` writes the annotated frames
 once. The end-to-end tests build trees in those layouts (tiny images and videos written here) and run the rows
-as shipped, with only folders, data paths and schedules shrunk, as tests/test_more_paper_rows.py does.
+as shipped, with only folders, data paths, schedules, the detectors' input size and detections per image shrunk, as
+tests/test_more_paper_rows.py does.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """The ImageNet rows (config/imagenet_to_uvo.yaml) end to end on tiny fake trees of the real layouts: COCO 2017,
 an ImageNet train/ folder of class subfolders, and a UVO-style class-agnostic JSON.
 
-Only folders, data paths, schedules (epochs, GPUs, workers, shards) and job resources are overridden; the
-recipes run as configured: the COCO PA network of coco_to_uvo mines pseudo-GT on the ImageNet images, a GroupNorm
-Mask R-CNN trains from random initialisation on that pseudo-GT alone (read per image from the parquet store),
-and that detector initialises the COCO fine-tune row, which trains on COCO GT + coco_to_uvo's pseudo-GT.
+Only folders, data paths, schedules (epochs, GPUs, workers, shards), job resources, the detectors' input size and
+the detections kept per image (TEST_SIZE, TEST_PREDICT: tests/test_more_paper_rows.py) are overridden; the
+recipes run as configured: the COCO PA network of coco_to_uvo mines pseudo-GT on the ImageNet images, a
+GroupNorm Mask R-CNN trains from random initialisation on that pseudo-GT alone (read per image from the parquet
+store), and that detector initialises the COCO fine-tune row, which trains on COCO GT + coco_to_uvo's pseudo-GT.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import yaml
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from test_more_paper_rows import fake_coco_with_weights, run_rows, unchanged_recipe  # noqa: F401 (fixture)
+from test_more_paper_rows import TEST_PREDICT, TEST_SIZE, fake_coco_with_weights, run_rows, unchanged_recipe  # noqa: F401 (fixture)
 from test_paper_row import REPO, _jsonl
 
 ROWS = REPO / "config" / "imagenet_to_uvo.yaml"
@@ -88,7 +89,8 @@ def rows_config(results: Path, coco: Path, imagenet: Path, uvo: Path) -> dict:
             exp["pa"].update(epochs=1, lr_steps=[], warmup_iters=1, gpus=1, workers=0)
         if "extract" in exp:
             exp["extract"].update(num_shards=2)
-        exp["detector"].update(epochs=1, warmup_iters=1, gpus=1, workers=0)
+        exp["detector"].update(epochs=1, warmup_iters=1, gpus=1, workers=0, **TEST_SIZE)
+        exp["predict"] = {**(exp.get("predict") or {}), **TEST_PREDICT}
         if exp["detector"].get("lr_schedule", "step") == "step":
             exp["detector"]["lr_steps"] = []
         exp["resources"] = {}  # the schema's paper-scale requests are only requests when run locally
