@@ -84,10 +84,11 @@ demo: $(STAMP)
 # Test tiers (docs/testing.md). test: the fast tier plus the one end-to-end workflow test (marked `smoke`; meant
 # to take 5 minutes on 2 cores); test-fast: the fast tier only; test-all: everything, the slow tier and the Slurm
 # test too (.ci/run). Tests run in TEST_WORKERS processes (pytest-xdist), each test file in one process so that
-# the tests of a file share its module-scoped runs; most end-to-end steps use one core, so two processes keep
-# both of a 2-core machine's cores busy. TEST_WORKERS=0 runs them in this process, one after the other.
+# the tests of a file share its module-scoped runs, in the order tests/conftest.py collects them (longest files
+# first); most end-to-end steps use one core, so two processes keep both of a 2-core machine's cores busy.
+# TEST_WORKERS=0 runs them in this process, one after the other.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadfile
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow or smoke" $(XDIST)
 
