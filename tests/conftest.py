@@ -72,6 +72,7 @@ def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: the rest keep their order
 
+
 @pytest.fixture
 def tiny_coco(tmp_path):
     return make_tiny_coco(tmp_path)
