@@ -2,36 +2,21 @@
 
 Snakemake reads `--configfile` itself, before the workflow starts, and a YAML error there ends in its generic
 "Config file is not valid JSON or YAML" without the line. This command reads the files as the workflow will: a YAML
-error names its file, line and column; several files are merged in order (as Snakemake merges them), and laid over
-the default config when none names `experiments` (as the Snakefile does); every schema error is listed with the field it is in (`experiments.x.pa.lr`); then every stage's options are
-parsed as its `ggn <step>` would parse them (the bounds the command line applies).
+error names its file, line and column; several files are merged in order and laid over the default config when
+none names `experiments` (Snakemake's own merge, as the Snakefile has it); every schema error is listed with the
+field it is in (`experiments.x.pa.lr`); then every stage's options are parsed as its `ggn <step>` would parse them
+(the bounds the command line applies).
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import logging
 from pathlib import Path
 from typing import Any
 
 from ggn.io import InputError, load_yaml
+from ggn.recipe import REPO, SCHEMA
 
-log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "config" / "config.yaml"
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def overlay(base: dict, over: dict) -> dict:
-    """`over` laid on `base` key by key, nested dicts merged, as Snakemake merges a --configfile onto the config."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = overlay(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def field_name(path: Any) -> str:
@@ -69,22 +54,23 @@ def read(path: Path) -> dict:
 def check(*paths: str | Path) -> dict:
     """The config `snakemake --configfile PATHS...` will see (the files merged in order, laid over the default
     config when none names `experiments`); InputError naming the file(s) and every problem otherwise."""
+    from snakemake.utils import update_config, validate
+
     from ggn.recipe import resolve_experiment
 
     paths = [Path(p) for p in paths]
     names = " + ".join(str(p) for p in paths)
     config: dict = {}
     for path in paths:
-        config = overlay(config, read(path))
+        update_config(config, read(path))  # Snakemake's merge of several --configfile
     if "experiments" not in config:  # the Snakefile then loads the default config, and the files are laid over it
         default = Path("config/config.yaml")  # the Snakefile's, relative to where snakemake runs
-        config = overlay(read(default if default.is_file() else DEFAULT_CONFIG), config)
+        given, config = config, read(default if default.is_file() else DEFAULT_CONFIG)
+        update_config(config, given)
     errors = schema_errors(config)
     if errors:
         raise InputError(f"{names} breaks the config schema ({SCHEMA.relative_to(REPO)}) in "
                          f"{len(errors)} place(s):\n  " + "\n  ".join(errors))
-    from snakemake.utils import validate
-
     validate(config, str(SCHEMA), set_default=True)  # the defaults the workflow fills in
     for name, exp in config["experiments"].items():
         try:

@@ -19,7 +19,7 @@ import yaml
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from test_more_paper_rows import TEST_PREDICT, TEST_SIZE, fake_coco_with_weights, run_rows, unchanged_recipe  # noqa: F401 (fixture)
+from test_more_paper_rows import fake_coco_with_weights, run_rows, shrink_sizes, unchanged_recipe  # noqa: F401
 from test_paper_row import REPO, _jsonl
 
 ROWS = REPO / "config" / "imagenet_to_uvo.yaml"
@@ -89,8 +89,8 @@ def rows_config(results: Path, coco: Path, imagenet: Path, uvo: Path) -> dict:
             exp["pa"].update(epochs=1, lr_steps=[], warmup_iters=1, gpus=1, workers=0)
         if "extract" in exp:
             exp["extract"].update(num_shards=2)
-        exp["detector"].update(epochs=1, warmup_iters=1, gpus=1, workers=0, **TEST_SIZE)
-        exp["predict"] = {**(exp.get("predict") or {}), **TEST_PREDICT}
+        exp["detector"].update(epochs=1, warmup_iters=1, gpus=1, workers=0)
+        shrink_sizes(exp)
         if exp["detector"].get("lr_schedule", "step") == "step":
             exp["detector"]["lr_steps"] = []
         exp["resources"] = {}  # the schema's paper-scale requests are only requests when run locally
