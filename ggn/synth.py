@@ -66,18 +66,23 @@ class SceneOptions:
       the PA's downscaling, so stripes and checks give strong edges inside objects;
     - strong_texture: probability that a textured object's second colour is the complement of its first,
       so its internal edges are stronger than its outline;
-    - touching: probability that an object is placed against an earlier one, in nearly its colour."""
+    - touching: probability that an object is placed against an earlier one, in nearly its colour;
+    - object_area: range of object areas (pixels at 256x256, log-uniform); a larger low end leaves out the
+      smallest objects, which a network that sees the scene at half its size cannot outline."""
 
     clutter: int = 0
     texture_period: tuple[float, float] = (4.0, 10.0)
     strong_texture: float = 0.0
     touching: float = 0.0
+    object_area: tuple[float, float] = AREA_RANGE
 
     def __post_init__(self):
         lo, hi = self.texture_period
-        if self.clutter < 0 or not 0 < lo <= hi or not (0 <= self.strong_texture <= 1 and 0 <= self.touching <= 1):
+        a_lo, a_hi = self.object_area
+        if (self.clutter < 0 or not 0 < lo <= hi or not (0 <= self.strong_texture <= 1 and 0 <= self.touching <= 1)
+                or not 0 < a_lo <= a_hi):
             raise InputError(f"scene options out of range: {self} (clutter >= 0, 0 < period low <= high, "
-                             "strong_texture and touching in [0, 1])")
+                             "strong_texture and touching in [0, 1], 0 < object area low <= high)")
 
 
 # Clutter pieces: area range like the objects', grey levels and their texture contrast.
@@ -267,7 +272,7 @@ def _draw_object(rng: np.random.Generator, cat: Category, h: int, w: int, area_s
 
     `against` (an earlier object's placement): put this one against it, in nearly its colour (aux stream)."""
     aspect = rng.uniform(0.45, 0.7)  # ellipse axis ratio, ring hole ratio
-    lo, hi = AREA_RANGE
+    lo, hi = options.object_area
     area = math.exp(rng.uniform(math.log(lo), math.log(hi))) * area_scale
     s = math.sqrt(area / _unit_area(cat.name, aspect))
     reach = s * _extent(cat.name) + 1
@@ -457,6 +462,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="probability that a textured object's second colour is its complement")
     scene.add_argument("--touching", type=float, default=0.0,
                        help="probability that an object is placed against an earlier one, in nearly its colour")
+    scene.add_argument("--object-area", type=float, nargs=2, default=list(AREA_RANGE), metavar=("LOW", "HIGH"),
+                       help="range of object areas in pixels at 256x256 (log-uniform; scaled with the image area)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -464,6 +471,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0")
     options = SceneOptions(clutter=args.clutter, texture_period=tuple(args.texture_period),
-                           strong_texture=args.strong_texture, touching=args.touching)
+                           strong_texture=args.strong_texture, touching=args.touching,
+                           object_area=tuple(args.object_area))
     generate_dataset(args.out, args.num_train, args.num_val, args.image_size, args.seed, args.workers, options)
     return 0

@@ -201,6 +201,23 @@ def test_scene_options_from_the_cli_and_their_ranges(tmp_path):
                      "--strong-texture", "0.5", "--touching", "0.3"]) == 0
     plain, hard = (np.asarray(Image.open(tmp_path / d / "train" / "000001.png")) for d in "ab")
     assert plain.shape == hard.shape and (plain != hard).any()
-    for bad in (dict(clutter=-1), dict(texture_period=(10, 4)), dict(strong_texture=1.5), dict(touching=-0.1)):
+    for bad in (dict(clutter=-1), dict(texture_period=(10, 4)), dict(strong_texture=1.5), dict(touching=-0.1),
+                dict(object_area=(0, 100)), dict(object_area=(5000, 700))):
         with pytest.raises(InputError):
             SceneOptions(**bad)
+
+
+def test_object_area_range_leaves_out_small_objects():
+    def areas(options):
+        out = []
+        for index in range(30):
+            _, objects = render_image(seed=2, split="train", index=index, size=128, options=options)
+            out += [int(o["mask"].sum()) for o in objects]
+        return np.array(out)
+
+    plain, large = areas(SceneOptions()), areas(SceneOptions(object_area=(700, 22000)))
+    # 700 px at 256x256 is 175 px at 128x128; occlusion and the image border only take pixels away,
+    # and an object keeps at least half of them (MIN_VISIBLE)
+    assert (plain < 80).mean() > 0.15
+    assert (large < 80).mean() < 0.03 and np.median(large) > 2 * np.median(plain), (np.median(plain), np.median(large))
+    assert 3 < len(large) / 30 < 6  # as many objects per image as the default scenes'
