@@ -107,21 +107,21 @@ def train_and_evaluate(exp_dir: Path, exp: dict, seed: int, pseudo: Path, out: P
         return json.loads((out / "eval.json").read_text())
     bin_dir = Path(sys.executable).parent
     detector = dict(exp["detector"], seed=seed, pseudo_gt=str(pseudo))
-    images = exp_dir / "synthetic"
-    steps = [
-        f"{bin_dir}/ggn train-detector --variant ggn --train-json {shlex.quote(str(exp_dir / 'data' / 'train.json'))}"
-        f" --images {shlex.quote(str(images / 'train'))} --out {out / 'checkpoint.pt'} --threads 1 {to_flags(detector)}",
-        f"{bin_dir}/ggn predict --checkpoint {out / 'checkpoint.pt'} --annotations "
-        f"{shlex.quote(str(exp_dir / 'data' / 'eval.json'))} --images {shlex.quote(str(images / 'val'))}"
-        f" --out {out / 'detections.json'} --threads 1 {to_flags(exp.get('predict') or {})}",
-        f"{bin_dir}/ggn evaluate --gt {shlex.quote(str(exp_dir / 'data' / 'eval.json'))} --detections "
-        f"{out / 'detections.json'} --out {out / 'eval.json'}",
+    images, train, evaluation = exp_dir / "synthetic", exp_dir / "data" / "train.json", exp_dir / "data" / "eval.json"
+    steps = [  # argument lists, as the workflow's rules give them (no shell)
+        [str(bin_dir / "ggn"), "train-detector", "--variant", "ggn", "--train-json", str(train), "--images",
+         str(images / "train"), "--out", str(out / "checkpoint.pt"), "--threads", "1", *shlex.split(to_flags(detector))],
+        [str(bin_dir / "ggn"), "predict", "--checkpoint", str(out / "checkpoint.pt"), "--annotations", str(evaluation),
+         "--images", str(images / "val"), "--out", str(out / "detections.json"), "--threads", "1",
+         *shlex.split(to_flags(exp.get("predict") or {}))],
+        [str(bin_dir / "ggn"), "evaluate", "--gt", str(evaluation), "--detections", str(out / "detections.json"),
+         "--out", str(out / "eval.json")],
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(out / "log.txt", "w") as log:
         for step in steps:
-            if subprocess.run(step, shell=True, stdout=log, stderr=subprocess.STDOUT, env=env).returncode:
-                sys.exit(f"failed: {step}\n(log: {out / 'log.txt'})")
+            if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, env=env).returncode:
+                sys.exit(f"failed: {shlex.join(step)}\n(log: {out / 'log.txt'})")
     return json.loads((out / "eval.json").read_text())
 
 
