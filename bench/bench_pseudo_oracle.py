@@ -12,7 +12,7 @@ then predicted and evaluated as the workflow does. Each is printed beside the ru
 detectors, with the mean paired gain over seeds and its 95% Student-t interval.
 
     .venv/bin/python bench/bench_demo.py --work /tmp/demo_bench              # a finished demo run first
-    .venv/bin/python bench/bench_pseudo_oracle.py --work /tmp/demo_bench    # ~8 min on 2 cores for 3 seeds
+    .venv/bin/python bench/bench_pseudo_oracle.py --work /tmp/demo_bench    # ~12 min on 2 cores for 3 seeds
 
 Only synthetic experiments (their full annotations are known). Nothing here is part of the pipeline.
 """
@@ -30,7 +30,9 @@ from pathlib import Path
 
 from pycocotools import mask as mask_utils
 
-from ggn.classes import resolve_classes
+from ggn.eval_pseudo import MinedObjects, best_iou
+from ggn.io import read_json
+from ggn.masks import ann_to_rle, rle_to_json
 from ggn.recipe import to_flags, validated_config
 from ggn.stats import paired_difference
 
@@ -39,53 +41,36 @@ KINDS = ("one", "all", "pa_correct")
 METRICS = (("segm", "AR@100", "mask AR@100"), ("segm", "AR@10", "mask AR@10"), ("bbox", "AR@100", "box AR@100"))
 
 
-def _rle(segmentation, height: int, width: int) -> dict:
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation["counts"], list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.decode() if isinstance(counts, bytes) else counts}
-
-
 def _annotation(i: int, image_id: int, rle: dict) -> dict:
-    return {"id": i, "image_id": image_id, "category_id": 1, "segmentation": rle,
+    return {"id": i, "image_id": image_id, "category_id": 1, "segmentation": rle_to_json(rle),
             "bbox": [float(v) for v in mask_utils.toBbox(rle)], "area": float(mask_utils.area(rle)),
             "iscrowd": 0, "score": 1.0, "gt_iou": 0.0}
 
 
 def make_pseudo(exp_dir: Path, exp: dict, seeds: list[int], out: Path) -> dict[str, Path]:
     """Write the oracle pseudo-GT files; returns {name: path} (pa_correct per seed as pa_correct-s{seed})."""
-    full = json.loads((exp_dir / "synthetic" / "annotations" / "instances_train.json").read_text())
-    split = json.loads((exp_dir / "data" / "train.json").read_text())
-    unseen = resolve_classes(exp["unseen"], full["categories"])
-    full_id = {im["file_name"]: im["id"] for im in full["images"]}
-    size = {im["id"]: (im["height"], im["width"]) for im in split["images"]}
-    objects: dict[int, list] = {}
-    for a in full["annotations"]:
-        objects.setdefault(a["image_id"], []).append(a)
-    unseen_rles = {im["id"]: [_rle(a["segmentation"], *size[im["id"]])
-                              for a in objects.get(full_id[im["file_name"]], []) if a["category_id"] in unseen]
-                   for im in split["images"]}
+    full_path = exp_dir / "synthetic" / "annotations" / "instances_train.json"
+    split = read_json(exp_dir / "data" / "train.json")
+    # the unseen objects of each mined image, as `ggn eval-pseudo` finds them
+    objects = MinedObjects(read_json(full_path), split, exp["seen"], exp["unseen"], str(full_path))
     rng = random.Random(0)
-    chosen = {"one": [], "all": []}
-    for image_id, rles in unseen_rles.items():
+    chosen: dict[str, list] = {"one": [], "all": []}
+    for image_id in objects.images:
+        rles = objects.unseen.get(image_id, [])
         chosen["all"] += [(image_id, r) for r in rles]
         if rles:
             chosen["one"].append((image_id, rng.choice(rles)))
     for seed in seeds:
-        pseudo = json.loads((exp_dir / f"seed{seed}" / "pseudo" / "pseudo_gt.json").read_text())
+        pseudo = read_json(exp_dir / f"seed{seed}" / "pseudo" / "pseudo_gt.json")
         best: dict[int, dict] = {}
         for a in pseudo["annotations"]:
             if a["image_id"] not in best or a["score"] > best[a["image_id"]]["score"]:
                 best[a["image_id"]] = a
         kept = []
         for image_id, a in best.items():
-            rles = unseen_rles.get(image_id) or []
-            rle = _rle(a["segmentation"], *size[image_id])
-            if rles and max(mask_utils.iou([rle], rles, [0] * len(rles))[0]) >= 0.5:
+            info = objects.images[image_id]
+            rle = ann_to_rle(a["segmentation"], info["height"], info["width"])
+            if best_iou([rle], objects.unseen.get(image_id, [])).max(initial=0.0) >= 0.5:
                 kept.append((image_id, rle))
         chosen[f"pa_correct-s{seed}"] = kept
         print(f"seed {seed}: the PA's best-scored mask is right on {len(kept)} of {len(best)} images")
@@ -104,7 +89,7 @@ def make_pseudo(exp_dir: Path, exp: dict, seeds: list[int], out: Path) -> dict[s
 def train_and_evaluate(exp_dir: Path, exp: dict, seed: int, pseudo: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if (out / "eval.json").is_file():
-        return json.loads((out / "eval.json").read_text())
+        return read_json(out / "eval.json")
     bin_dir = Path(sys.executable).parent
     detector = dict(exp["detector"], seed=seed, pseudo_gt=str(pseudo))
     images, train, evaluation = exp_dir / "synthetic", exp_dir / "data" / "train.json", exp_dir / "data" / "eval.json"
@@ -122,7 +107,7 @@ def train_and_evaluate(exp_dir: Path, exp: dict, seed: int, pseudo: Path, out: P
         for step in steps:
             if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, env=env).returncode:
                 sys.exit(f"failed: {shlex.join(step)}\n(log: {out / 'log.txt'})")
-    return json.loads((out / "eval.json").read_text())
+    return read_json(out / "eval.json")
 
 
 def main() -> int:
@@ -144,10 +129,8 @@ def main() -> int:
         futures = {key: pool.submit(train_and_evaluate, exp_dir, exp, key[1], path, out / f"{key[0]}-s{key[1]}")
                    for key, path in jobs.items()}
         results = {key: f.result() for key, f in futures.items()}
-    runs = {"baseline (the run's)": [json.loads((exp_dir / f"seed{s}" / "eval" / "baseline.json").read_text())
-                                     for s in seeds],
-            "GGN, PA pseudo-GT (the run's)": [json.loads((exp_dir / f"seed{s}" / "eval" / "ggn.json").read_text())
-                                              for s in seeds]}
+    runs = {"baseline (the run's)": [read_json(exp_dir / f"seed{s}" / "eval" / "baseline.json") for s in seeds],
+            "GGN, PA pseudo-GT (the run's)": [read_json(exp_dir / f"seed{s}" / "eval" / "ggn.json") for s in seeds]}
     runs.update({f"GGN, {kind} pseudo-GT": [results[(kind, s)] for s in seeds] for kind in KINDS})
     for iou_type, metric, label in METRICS:
         base = [100 * r[iou_type][metric] for r in runs["baseline (the run's)"]]
