@@ -81,7 +81,7 @@ demo: $(STAMP)
 	@echo "Results: results/table.md (per-seed metrics under results/*/seed*/eval/, figures under results/*/figures/)"
 	@cat results/table.md 2>/dev/null || true
 
-# Test tiers (docs/testing.md). test: the fast tier plus the one end-to-end workflow test (marked `smoke`; 3 min 25 s
+# Test tiers (docs/testing.md). test: the fast tier plus the one end-to-end workflow test (marked `smoke`; 3 min 32 s
 # on 2 idle cores); test-fast: the fast tier only; test-all: everything, the slow tier and the Slurm
 # test too (.ci/run). Tests run in TEST_WORKERS processes (pytest-xdist), each test file in one process so that
 # the tests of a file share its module-scoped runs, in the order tests/conftest.py collects them (longest files
